@@ -1,0 +1,13 @@
+"""genforge: train, sample, evaluate and serve generative models."""
+
+__version__ = "0.1.0"
+
+
+def load(run_dir, device=None):
+    """Load a trained run directory; returns an object with `generate(n, seed=None, labels=None)`."""
+    from genforge.artifacts import load as _load
+
+    return _load(run_dir, device)
+
+
+__all__ = ["__version__", "load"]

@@ -1,0 +1,17 @@
+"""Training objectives, one file each, behind the interface in `base.py`."""
+
+from genforge.errors import UserError
+from genforge.methods.base import DataSpec, Method, MethodConfig
+from genforge.methods.gan import GANMethod
+
+METHODS: dict[str, type[Method]] = {GANMethod.family: GANMethod}
+
+
+def get_method(family: str) -> type[Method]:
+    try:
+        return METHODS[family]
+    except KeyError:
+        raise UserError(f"Unknown model family '{family}'. Known families: {', '.join(METHODS)}.") from None
+
+
+__all__ = ["DataSpec", "Method", "MethodConfig", "METHODS", "get_method"]

@@ -1,0 +1,1 @@
+"""Networks only (nn.Modules); training objectives live in genforge.methods."""

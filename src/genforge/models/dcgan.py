@@ -1,0 +1,107 @@
+"""DCGAN generator and discriminator, sized from the image shape, with an optional class condition.
+
+Radford et al. 2016: transposed convolutions with BatchNorm + ReLU in G, strided convolutions with
+LeakyReLU(0.2) in D, no pooling, tanh output. The number of 2x up/down-sampling stages follows the
+image side: 28 -> 7x7 start (2 stages), 32 -> 4x4 (3 stages), 64 -> 4x4 (4 stages).
+
+Conditioning (so a user can ask for "digit 7"): G concatenates a learned label embedding to z; D is a
+projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def stages_for(side: int) -> int:
+    """How many 2x stages take a 3..7 pixel start to `side` (halve while even and the result stays >= 4)."""
+    stages = 0
+    while side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+        stages += 1
+    if stages == 0 or side > 8:
+        raise ValueError(
+            f"DCGAN needs an image side that halves down to 4..8 pixels (e.g. 28, 32, 64, 128); got {side * 2**stages}. "
+            "Set data.image_size to such a value."
+        )
+    return stages
+
+
+class Generator(nn.Module):
+    def __init__(self, image_size: int, channels: int, z_dim: int = 100, width: int = 64,
+                 num_classes: int = 0, embed_dim: int = 50):
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        n = stages_for(image_size)
+        self.start = image_size // 2**n
+        self.start_ch = width * 2 ** (n - 1)
+        in_dim = z_dim
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, embed_dim)
+            in_dim += embed_dim
+        self.project = nn.Sequential(
+            nn.Linear(in_dim, self.start_ch * self.start**2, bias=False),
+            nn.BatchNorm1d(self.start_ch * self.start**2),
+            nn.ReLU(True),
+        )
+        layers: list[nn.Module] = []
+        ch = self.start_ch
+        for i in range(n):
+            last = i == n - 1
+            out = channels if last else ch // 2
+            layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=last))
+            layers += [nn.Tanh()] if last else [nn.BatchNorm2d(out), nn.ReLU(True)]
+            ch = out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("this generator is class-conditional: pass labels")
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        h = self.project(z).view(-1, self.start_ch, self.start, self.start)
+        return self.net(h)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, image_size: int, channels: int, width: int = 64, num_classes: int = 0):
+        super().__init__()
+        n = stages_for(image_size)
+        layers: list[nn.Module] = []
+        ch_in, ch = channels, width
+        for i in range(n):
+            layers.append(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0))
+            if i > 0:  # DCGAN: no BatchNorm on the input layer
+                layers.append(nn.BatchNorm2d(ch))
+            layers.append(nn.LeakyReLU(0.2, True))
+            ch_in, ch = ch, ch * 2
+        self.net = nn.Sequential(*layers)
+        feat = ch_in * (image_size // 2**n) ** 2
+        self.head = nn.Linear(feat, 1)
+        self.num_classes = num_classes
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, feat)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net(x).flatten(1)
+        logit = self.head(h).squeeze(1)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("this discriminator is class-conditional: pass labels")
+            logit = logit + (self.embed(labels) * h).sum(1)
+        return logit
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) weights, BatchNorm scale N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)

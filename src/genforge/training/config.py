@@ -1,0 +1,179 @@
+"""Run configuration: pydantic models, YAML presets and `--set a.b=c` overrides.
+
+A config is the whole recipe of a run (data, model, optimisation). Unknown keys are rejected with the
+valid ones listed, so a typo never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from genforge.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AugmentConfig(Strict):
+    crop_padding: int = Field(0, ge=0, description="random crop after padding by this many pixels")
+    rotation: float = Field(0.0, ge=0, le=180, description="max rotation in degrees")
+    scale: float = Field(0.0, ge=0, lt=1, description="max relative zoom")
+    hflip: bool = Field(False, description="random horizontal flips (off for digits)")
+
+
+class DataConfig(Strict):
+    dataset: str = "mnist"
+    image_size: int | None = Field(None, description="resize to this square side; None keeps the native size")
+    channels: Literal[1, 3] | None = Field(None, description="1 = grayscale, 3 = RGB; None keeps the native channels")
+    augment: AugmentConfig = AugmentConfig()
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(64, ge=1, description="images per process per optimizer step (before accumulation)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated into one optimizer step")
+    epochs: float | None = Field(5, gt=0, description="length of the run in passes over the data (ignored if max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="length of the run in optimizer steps")
+    lr: float = Field(2e-4, gt=0)
+    lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (defaults to lr)")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX/AVX512-BF16), else fp32")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the networks (slow to start; pays off on long GPU runs)")
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v  # `mixed_precision: no` in YAML arrives as False
+
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of generator weights; 0 disables")
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(500, ge=1, description="steps between sample grids from fixed noise")
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class Config(Strict):
+    name: str = "run"
+    description: str = ""
+    family: Literal["gan"] = "gan"
+    data: DataConfig = DataConfig()
+    model: dict[str, Any] = Field(default_factory=dict, description="family-specific; validated by the method")
+    train: TrainConfig = TrainConfig()
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("genforge") / "configs"))
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description."""
+    out = {}
+    for path in sorted(presets_dir().glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        out[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+    return out
+
+
+def read_raw(preset_or_path: str) -> dict[str, Any]:
+    """A preset name or a YAML/JSON file path -> the raw dict (not yet validated)."""
+    path = Path(preset_or_path)
+    if not (path.suffix in (".yaml", ".yml", ".json") or path.exists()):
+        path = presets_dir() / f"{preset_or_path}.yaml"
+        if not path.exists():
+            names = sorted(list_presets())
+            close = difflib.get_close_matches(preset_or_path, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(
+                f"Unknown preset '{preset_or_path}'.{hint} Available presets: {', '.join(names)}; "
+                "or pass the path of a YAML config file."
+            )
+    if not path.exists():
+        raise UserError(f"Config file not found: {path}. Pass a preset name (see `genforge presets`) or an existing YAML file.")
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise UserError(f"Cannot parse config file {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"Config file {path} must hold a mapping (key: value), not {type(raw).__name__}.")
+    return raw
+
+
+def _fields_of(model: type[BaseModel] | None, path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class found at `path` inside `model`, or None when the path leads into a free dict."""
+    for key in path:
+        if model is None:
+            return None
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], model_schema: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Apply `a.b=c` strings; values parse as YAML (so 2e-4, true, null, [1,2] work). Unknown keys fail here."""
+    raw = json.loads(json.dumps(raw))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"Bad override '{item}': use KEY=VALUE, e.g. --set train.lr=2e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise UserError(f"Bad override key '{key}': use dotted names such as train.lr")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+            parsed = value.strip()  # YAML 1.1 reads no/yes/on/off as booleans; keep the word
+        schema: type[BaseModel] | None = Config
+        node = raw
+        for depth, part in enumerate(parts):
+            if schema is None and depth == 1 and parts[0] == "model":
+                schema = model_schema
+            if schema is not None and part not in schema.model_fields:
+                where = ".".join(parts[:depth]) or "the top level"
+                raise UserError(
+                    f"Unknown config key '{'.'.join(parts[: depth + 1])}'. Valid keys at {where}: "
+                    f"{', '.join(schema.model_fields)}."
+                )
+            if depth == len(parts) - 1:
+                node[part] = parsed
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"Cannot set '{key}': '{part}' is a value, not a section.")
+                schema = _fields_of(schema, [part]) if schema is not None else None
+    return raw
+
+
+def format_validation_error(err: ValidationError, schema: type[BaseModel], prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        full = f"{prefix}{loc}"
+        if e["type"] == "extra_forbidden":
+            parent = _fields_of(schema, [str(p) for p in e["loc"][:-1]])
+            valid = ", ".join(parent.model_fields) if parent is not None else ""
+            lines.append(f"Unknown config key '{full}'." + (f" Valid keys here: {valid}." if valid else ""))
+        else:
+            lines.append(f"Bad value for '{full}': {e['msg']} (got {e.get('input')!r}).")
+    return " ".join(lines)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, Config)) from None

@@ -1,0 +1,288 @@
+"""The one training loop, on Hugging Face Accelerate, for every model family.
+
+Data lives in memory as a uint8 tensor on the training device; each process takes its slice of a
+per-epoch permutation. All randomness of a step (batch order, noise, augmentation) comes from
+generators seeded by (seed, step, rank), so a run resumed from a checkpoint continues exactly as if
+it had never stopped, and a CPU run is reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from genforge import artifacts
+from genforge.data import Augment, augment_batch, load_image_dataset
+from genforge.errors import UserError
+from genforge.methods import DataSpec, get_method
+from genforge.training import checkpoint as ckpt
+from genforge.training.config import Config, format_validation_error
+from genforge.training.ema import EMA
+from genforge.training.progress import ProgressReporter, StopOnSignal
+from genforge.visual import save_grid, save_loss_plot
+
+
+def resolve_precision(setting: str) -> str:
+    """'auto' -> 'bf16' where bf16 matrix units exist (CUDA bf16, CPU AMX / AVX512-BF16), else 'no'."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    images_per_second: float
+    last_losses: dict[str, float]
+
+
+def _step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + stream * 15_485_863) % (2**63 - 1)
+
+
+class BatchSource:
+    """Per-epoch permutation of an in-memory dataset; process `rank` reads its own slice of each global batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch: int, accum: int,
+                 rank: int, world: int, seed: int):
+        self.images, self.labels = images, labels
+        self.batch, self.accum, self.rank, self.world, self.seed = batch, accum, rank, world, seed
+        self.global_batch = batch * accum * world
+        self.steps_per_epoch = len(images) // self.global_batch
+        self._epoch, self._perm = -1, None
+
+    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
+            self._epoch = epoch
+        base = pos * self.global_batch
+        out = []
+        for k in range(self.accum):
+            start = base + (k * self.world + self.rank) * self.batch
+            idx = self._perm[start : start + self.batch]
+            out.append((self.images[idx], self.labels[idx] if self.labels is not None else None))
+        return out
+
+
+def _to_float(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = x_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut by a kill
+    return out
+
+
+def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    run_dir = Path(run_dir)
+    tcfg = cfg.train
+    method_cls = get_method(cfg.family)
+    try:
+        method_cfg = method_cls.Config.model_validate(cfg.model)
+    except Exception as e:  # pydantic ValidationError
+        raise UserError(format_validation_error(e, method_cls.Config, prefix="model.")) from None
+
+    existing = ckpt.latest_checkpoint(run_dir)
+    if resume and existing is None:
+        raise UserError(f"Nothing to resume in {run_dir}: it has no finished checkpoint. Drop --resume to start a new run there.")
+    if not resume and existing is not None:
+        raise UserError(f"{run_dir} already holds a run (checkpoint {existing.name}). "
+                        "Pass --resume to continue it, or choose another --out.")
+
+    # cpu=True on machines without an accelerator lets `accelerate launch --multi_gpu --num_processes N` run N CPU
+    # processes over gloo (Accelerate's MULTI_CPU); with a GPU it is False and the GPU is used.
+    no_accel = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = Accelerator(mixed_precision=resolve_precision(tcfg.mixed_precision), cpu=no_accel,
+                              log_with="tensorboard", project_dir=str(run_dir))
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    set_seed(tcfg.seed)
+
+    with accelerator.main_process_first():
+        dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
+                                     image_size=cfg.data.image_size, channels=cfg.data.channels)
+    n, h, w, c = dataset.images.shape
+    classes = list(dataset.classes) if dataset.labels is not None else []
+    spec = DataSpec(h, w, c, len(classes))
+
+    method = method_cls(method_cfg, spec)
+    method.setup(tcfg)
+    names = list(method.networks)
+    if tcfg.channels_last:
+        for net in method.networks.values():
+            net.to(memory_format=torch.channels_last)
+    if tcfg.compile:
+        for name in names:
+            method.networks[name] = torch.compile(method.networks[name])
+    prepared = accelerator.prepare(*method.networks.values(), *method.optimizers.values())
+    method.networks = dict(zip(names, prepared[: len(names)]))
+    method.optimizers = dict(zip(method.optimizers, prepared[len(names):]))
+    exported = accelerator.unwrap_model(method.networks[method_cls.exported])
+    ema = EMA(exported, tcfg.ema_decay).to(device) if tcfg.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    source = BatchSource(dataset.images.to(device), dataset.labels.to(device) if dataset.labels is not None else None,
+                         tcfg.batch_size, tcfg.grad_accum, rank, world, tcfg.seed)
+    if source.steps_per_epoch == 0:
+        raise UserError(f"The dataset has {n} images, fewer than one global batch "
+                        f"({tcfg.batch_size} x {tcfg.grad_accum} accumulation x {world} processes). Lower train.batch_size.")
+    total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * source.steps_per_epoch)
+    augment = Augment(**cfg.data.augment.model_dump())
+
+    meta = {
+        "genforge_format": 1,
+        "family": cfg.family,
+        "name": cfg.name,
+        "model": method_cfg.model_dump(),
+        "data": {"dataset": cfg.data.dataset, "height": h, "width": w, "channels": c, "classes": classes,
+                 "value_range": [-1, 1]},
+        "config": cfg.model_dump(),
+    }
+    metrics_path = run_dir / "metrics.jsonl"
+    step = 0
+    if resume:
+        accelerator.load_state(str(existing))
+        step = ckpt.read_state(existing)["step"]
+        if accelerator.is_main_process:  # drop log lines written after the checkpoint by the interrupted run
+            kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= step]
+            artifacts.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    if accelerator.is_main_process:
+        artifacts.write_config(run_dir, {**meta, "step": step})
+        (run_dir / "samples").mkdir(exist_ok=True)
+    accelerator.init_trackers("tensorboard")
+
+    # Fixed noise for the sample grids: one row per class for conditional models.
+    fixed_rng_seed = _step_seed(tcfg.seed, 0, 0, 99)
+    if getattr(method_cfg, "conditional", False) and spec.num_classes:
+        per_row = 8 if spec.num_classes <= 16 else 1
+        grid_labels = torch.arange(spec.num_classes).repeat_interleave(per_row)[:160]
+        grid_n, grid_nrow = len(grid_labels), per_row
+    else:
+        grid_labels, grid_n, grid_nrow = None, 64, 8
+
+    def write_samples(tag: str) -> None:
+        if not accelerator.is_main_process:
+            return
+        net = ema.shadow if ema is not None else exported
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), accelerator.autocast():
+            x = method_cls.sample(net, spec, grid_n, grid_labels, torch.Generator().manual_seed(fixed_rng_seed), device)
+        net.train(was_training)
+        save_grid(artifacts.from_model_range(x.float()).numpy(), run_dir / "samples" / f"{tag}.png", grid_nrow, scale=2)
+
+    def sync_buffers() -> None:
+        # DDP keeps parameters equal across processes; BatchNorm statistics are made equal here, from rank 0.
+        if world > 1:
+            import torch.distributed as dist
+
+            for net in [*method.networks.values(), *( [ema] if ema is not None else [])]:
+                for buf in net.buffers():
+                    dist.broadcast(buf.data, 0)
+
+    def save(at: int) -> Path:
+        sync_buffers()
+        return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total}, tcfg.keep_checkpoints)
+
+    reporter = ProgressReporter(enabled=progress and accelerator.is_main_process, total=total, start=step,
+                                images_per_step=source.global_batch)
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    t_last, step_last = time.perf_counter(), step
+    t_start, step_start = t_last, step
+    last_losses: dict[str, float] = {}
+    for net in method.networks.values():
+        net.train()
+    with reporter, StopOnSignal(enabled=world == 1) as stop:
+        while step < total:
+            rng = torch.Generator().manual_seed(_step_seed(tcfg.seed, step, rank, 0))
+            micro = []
+            for x_u8, y in source.micro_batches(step):
+                x = _to_float(x_u8, tcfg.channels_last)
+                if augment.enabled():
+                    x = augment_batch(x, augment, rng)
+                micro.append((x, y))
+            losses = method.training_step(accelerator, micro, rng)
+            if ema is not None:
+                ema.update(exported)
+            step += 1
+            for k, v in losses.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+
+            log_now = step % tcfg.log_every == 0 or step == total
+            ckpt_now = step % tcfg.checkpoint_every == 0 or step == total
+            if log_now or ckpt_now:
+                means = {k: accelerator.reduce(v / count, "mean") for k, v in sums.items()}
+                last_losses = {k: float(v) for k, v in means.items()}
+                bad = [k for k, v in last_losses.items() if not math.isfinite(v)]
+                if bad:
+                    good = ckpt.latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"{', '.join(bad)} became non-finite ({last_losses}) between steps {step - count} and {step}. "
+                        f"Stopped without saving; the last good checkpoint is "
+                        f"{good if good else 'none (no checkpoint was written yet)'}. "
+                        "Lower train.lr, or use train.mixed_precision=no, then --resume or start again.")
+                sums, count = {}, 0
+                now = time.perf_counter()
+                ips = (step - step_last) * source.global_batch / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                record = {"step": step, "epoch": round(step / source.steps_per_epoch, 4), **last_losses,
+                          "images_per_sec": round(ips, 1), "time": round(time.time(), 3)}
+                if accelerator.is_main_process:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                accelerator.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+                reporter.update(step, last_losses, ips)
+            if step % tcfg.sample_every == 0:
+                write_samples(f"step-{step:08d}")
+            if ckpt_now:
+                save(step)
+            if stop.requested and step < total:
+                if not ckpt_now:
+                    save(step)
+                raise UserError(f"Interrupted at step {step} of {total}; checkpoint saved. "
+                                f"Continue with: genforge train {run_dir / 'config.json'} --out {run_dir} --resume")
+
+    elapsed = time.perf_counter() - t_start
+    ips_total = (step - step_start) * source.global_batch / elapsed if step > step_start else 0.0
+    sync_buffers()
+    if accelerator.is_main_process:
+        net = ema.shadow if ema is not None else exported
+        artifacts.save_weights(run_dir, net.state_dict(),
+                               metadata={"step": str(step), "weights": "ema" if ema is not None else "raw"})
+        artifacts.write_config(run_dir, {**meta, "step": step, "weights": "ema" if ema is not None else "raw"})
+        write_samples("final")
+        save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir, step, ips_total, last_losses)

@@ -1,0 +1,45 @@
+"""Run under `accelerate launch --num_processes 2`: trains the tiny recipe and records, per rank,
+the final weights and which artifact files that rank wrote."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from genforge import artifacts
+from genforge.training import loop
+from tiny import tiny_config
+
+run_dir, report_dir = Path(sys.argv[1]), Path(sys.argv[2])
+rank = int(__import__("os").environ.get("RANK", "0"))
+writes = []
+for name in ("save_weights", "write_config"):
+    real = getattr(artifacts, name)
+
+    def spy(*a, _real=real, _name=name, **k):
+        writes.append(_name)
+        return _real(*a, **k)
+
+    setattr(artifacts, name, spy)
+
+captured = {}
+real_setup = loop.get_method("gan").setup
+
+
+def capture(self, train_cfg):
+    real_setup(self, train_cfg)
+    captured["method"] = self
+
+
+loop.get_method("gan").setup = capture
+result = loop.train(tiny_config(max_steps=4, checkpoint_every=2), run_dir, progress=False)
+method = captured["method"]
+state = {}
+for name, net in method.networks.items():
+    net = getattr(net, "module", net)
+    for k, v in net.state_dict().items():
+        state[f"{name}.{k}"] = v.detach().cpu().contiguous()
+save_file(state, str(report_dir / f"rank{rank}.safetensors"))
+(report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes, "step": result.step}))

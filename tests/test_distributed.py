@@ -1,0 +1,32 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
+    run, report = tmp_path / "run", tmp_path / "report"
+    report.mkdir()
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(here) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           str(here / "dist_train.py"), str(run), str(report)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = load_file(str(report / "rank0.safetensors")), load_file(str(report / "rank1.safetensors"))
+    assert r0.keys() == r1.keys() and len(r0) > 10
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
+    w0 = json.loads((report / "rank0.json").read_text())
+    w1 = json.loads((report / "rank1.json").read_text())
+    assert w0["step"] == w1["step"] == 4
+    assert "save_weights" in w0["writes"] and "write_config" in w0["writes"]
+    assert w1["writes"] == []
+    assert (run / "model.safetensors").exists() and (run / "checkpoints" / "step-00000004").is_dir()
+    assert json.loads((run / "config.json").read_text())["step"] == 4

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from genforge.models.dcgan import Discriminator, Generator, init_weights, stages_for
+
+
+@pytest.mark.parametrize("side,channels,stages", [(28, 1, 2), (32, 3, 3), (64, 3, 4)])
+def test_dcgan_shapes_follow_the_image(side, channels, stages):
+    assert stages_for(side) == stages
+    G, D = Generator(side, channels, z_dim=16, width=8), Discriminator(side, channels, width=8)
+    init_weights(G), init_weights(D)
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, channels, side, side)
+    assert x.min() >= -1 and x.max() <= 1  # tanh output
+    assert D(x).shape == (3,)
+
+
+def test_unsupported_side_is_a_clear_error():
+    with pytest.raises(ValueError, match="image_size"):
+        stages_for(30)
+
+
+def test_conditional_labels_change_the_output():
+    torch.manual_seed(0)
+    G = Generator(28, 1, z_dim=16, width=8, num_classes=10, embed_dim=8).eval()
+    D = Discriminator(28, 1, width=8, num_classes=10).eval()
+    init_weights(G), init_weights(D)
+    z = torch.randn(4, 16)
+    a = G(z, torch.full((4,), 3))
+    b = G(z, torch.full((4,), 7))
+    assert not torch.allclose(a, b)
+    assert torch.equal(a, G(z, torch.full((4,), 3)))
+    x = torch.randn(4, 1, 28, 28)
+    assert not torch.allclose(D(x, torch.full((4,), 3)), D(x, torch.full((4,), 7)))
+    with pytest.raises(ValueError, match="labels"):
+        G(z)
