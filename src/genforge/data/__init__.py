@@ -1,0 +1,27 @@
+"""Image datasets for genforge: readers, downloads, preprocessing and augmentation.
+
+Every dataset is loaded whole into memory as uint8 NHWC (see ImageDataset); models see float NCHW in
+[-1, 1] through to_model_range, and augment_batch works on that batched tensor. This package
+depends on nothing else in genforge except genforge.errors, so the data layer can be used and
+tested on its own.
+"""
+
+from .dataset import ImageDataset
+from .download import download_dataset
+from .loading import dataset_info, load_image_dataset
+from .registry import KNOWN_DATASETS, resolve_data_dir
+from .transforms import Augment, augment_batch, from_model_range, preprocess, to_model_range
+
+__all__ = [
+    "ImageDataset",
+    "load_image_dataset",
+    "dataset_info",
+    "resolve_data_dir",
+    "download_dataset",
+    "KNOWN_DATASETS",
+    "Augment",
+    "preprocess",
+    "to_model_range",
+    "from_model_range",
+    "augment_batch",
+]
