@@ -33,7 +33,7 @@ def test_run_writes_the_artifact(tmp_path):
     # last k=2 checkpoints kept, each complete
     assert [p.name for p in list_checkpoints(run)] == ["step-00000003", "step-00000006"]
     assert not list((run / "checkpoints").glob(".tmp-*"))
-    assert list((run / "runs").glob("**/events.out.tfevents*")) or list(run.glob("**/events.out.tfevents*"))
+    assert list((run / "tensorboard").glob("events.out.tfevents*"))
 
 
 def test_same_seed_same_weights_and_other_seed_differs(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.methods import DataSpec, get_method
 
@@ -104,18 +105,13 @@ class ImageGenerator:
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
             x = self.method.sample(self.net, self.spec, m, lab, rng, self.device)
-            out.append(from_model_range(x.float()))
+            out.append(from_model_range(x.float()).cpu())
         return torch.cat(out).numpy()
 
     def save_grid(self, images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
         from genforge.visual import save_grid
 
         return save_grid(images, path, nrow)
-
-
-def from_model_range(x: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [-1, 1] -> uint8 NHWC on the CPU."""
-    return ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None) -> ImageGenerator:

@@ -56,8 +56,8 @@ class GANMethod(Method):
         betas = (train_cfg.beta1, train_cfg.beta2)
         self.networks = {"generator": G, "discriminator": D}
         self.optimizers = {
-            "generator": torch.optim.Adam(G.parameters(), lr=train_cfg.lr, betas=betas, foreach=True),
-            "discriminator": torch.optim.Adam(D.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas, foreach=True),
+            "generator": torch.optim.Adam(G.parameters(), lr=train_cfg.lr, betas=betas, fused=True),
+            "discriminator": torch.optim.Adam(D.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas, fused=True),
         }
 
     def _noise(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
@@ -101,18 +101,22 @@ class GANMethod(Method):
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
 
-        # Generator: non-saturating loss, judged by the updated D.
-        for i, ((x, y), z) in enumerate(zip(micro_batches, noises)):
-            y = y if cond else None
-            with window(i, G, D):
-                fake = fakes[i] if reuse else (G(z, y) if cond else G(z))
-                d_out = D(fake, y) if cond else D(fake)
-                loss_g = _bce(d_out, 1.0)
-                accelerator.backward(loss_g / k)
-            losses_g.append(loss_g.detach())
+        # Generator: non-saturating loss, judged by the updated D. D's weights get no gradient here (frozen,
+        # and outside DDP's gradient sync), which saves its weight-gradient convolutions and an all-reduce.
+        D.requires_grad_(False)
+        try:
+            for i, ((x, y), z) in enumerate(zip(micro_batches, noises)):
+                y = y if cond else None
+                with window(i, G), accelerator.no_sync(D):
+                    fake = fakes[i] if reuse else (G(z, y) if cond else G(z))
+                    d_out = D(fake, y) if cond else D(fake)
+                    loss_g = _bce(d_out, 1.0)
+                    accelerator.backward(loss_g / k)
+                losses_g.append(loss_g.detach())
+        finally:
+            D.requires_grad_(True)
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)  # the G update also left gradients in D
         return {"loss_d": torch.stack(losses_d).mean(), "loss_g": torch.stack(losses_g).mean()}
 
     @classmethod

@@ -60,7 +60,9 @@ class Generator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is class-conditional: pass labels")
             z = torch.cat([z, self.embed(labels)], dim=1)
-        h = self.project(z).view(-1, self.start_ch, self.start, self.start)
+        # Features are laid out height, width, channel: the permuted view is channels_last in memory, so
+        # no layout conversion happens between the linear layer and channels_last convolutions.
+        h = self.project(z).view(-1, self.start, self.start, self.start_ch).permute(0, 3, 1, 2)
         return self.net(h)
 
 
@@ -74,7 +76,7 @@ class Discriminator(nn.Module):
             layers.append(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0))
             if i > 0:  # DCGAN: no BatchNorm on the input layer
                 layers.append(nn.BatchNorm2d(ch))
-            layers.append(nn.LeakyReLU(0.2, True))
+            layers.append(nn.LeakyReLU(0.2))
             ch_in, ch = ch, ch * 2
         self.net = nn.Sequential(*layers)
         feat = ch_in * (image_size // 2**n) ** 2
@@ -84,7 +86,7 @@ class Discriminator(nn.Module):
             self.embed = nn.Embedding(num_classes, feat)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.net(x).flatten(1)
+        h = self.net(x).permute(0, 2, 3, 1).flatten(1)  # HWC order: a view (no copy) for channels_last
         logit = self.head(h).squeeze(1)
         if self.num_classes:
             if labels is None:

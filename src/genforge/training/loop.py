@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from genforge import artifacts
-from genforge.data import Augment, augment_batch, load_image_dataset
+from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, to_model_range
 from genforge.errors import UserError
 from genforge.methods import DataSpec, get_method
 from genforge.training import checkpoint as ckpt
@@ -82,11 +82,6 @@ class BatchSource:
             idx = self._perm[start : start + self.batch]
             out.append((self.images[idx], self.labels[idx] if self.labels is not None else None))
         return out
-
-
-def _to_float(x_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    x = x_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -175,6 +170,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         if accelerator.is_main_process:  # drop log lines written after the checkpoint by the interrupted run
             kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= step]
             artifacts.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    elif accelerator.is_main_process and metrics_path.exists():
+        metrics_path.unlink()  # a fresh start: lines from an earlier attempt that never checkpointed are stale
     if accelerator.is_main_process:
         artifacts.write_config(run_dir, {**meta, "step": step})
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -198,7 +195,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         with torch.no_grad(), accelerator.autocast():
             x = method_cls.sample(net, spec, grid_n, grid_labels, torch.Generator().manual_seed(fixed_rng_seed), device)
         net.train(was_training)
-        save_grid(artifacts.from_model_range(x.float()).numpy(), run_dir / "samples" / f"{tag}.png", grid_nrow, scale=2)
+        save_grid(from_model_range(x.float()).cpu().numpy(), run_dir / "samples" / f"{tag}.png", grid_nrow, scale=2)
 
     def sync_buffers() -> None:
         # DDP keeps parameters equal across processes; BatchNorm statistics are made equal here, from rank 0.
@@ -227,7 +224,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
             rng = torch.Generator().manual_seed(_step_seed(tcfg.seed, step, rank, 0))
             micro = []
             for x_u8, y in source.micro_batches(step):
-                x = _to_float(x_u8, tcfg.channels_last)
+                x = to_model_range(x_u8)
+                if tcfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 if augment.enabled():
                     x = augment_batch(x, augment, rng)
                 micro.append((x, y))

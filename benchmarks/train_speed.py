@@ -1,0 +1,302 @@
+"""Training speed and sample quality of `mnist-dcgan` / `mnist-cgan` against a plain eager PyTorch loop.
+
+    python benchmarks/train_speed.py --data-dir ../shared/data             # speed only (~2 min on 2 cores)
+    python benchmarks/train_speed.py --data-dir ../shared/data --quality   # + 5-epoch runs, grids, classifier checks
+
+Speed: the reference is what a user writes by hand — the same genforge DCGAN networks, batch 64,
+Adam(2e-4, beta1 0.5), fp32, a DataLoader over a TensorDataset, default memory format — and genforge
+is the `mnist-dcgan` preset through the real training loop (Accelerate, EMA, logging). Each runs in its
+own process so peak memory (max RSS) is its own. Throughput is steady state: warm-up steps excluded.
+
+Quality: 5 epochs of full MNIST each for mnist-dcgan (bf16 and fp32) and mnist-cgan; a small CNN
+classifier trained here on MNIST judges the samples: conditional accuracy (share classified as the
+requested digit), and for unconditional runs a classifier-feature Frechet distance (torchmetrics FID
+with the classifier as its feature extractor) and class coverage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+BATCH = 64
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------- speed
+def reference_loop(data_dir: str, steps: int, warmup: int) -> dict:
+    """The hand-written eager loop a user would start from."""
+    from genforge.data import load_image_dataset
+    from genforge.models.dcgan import Discriminator, Generator, init_weights
+
+    torch.manual_seed(0)
+    ds = load_image_dataset("mnist", data_dir=data_dir)
+    x = ds.images.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=BATCH, shuffle=True, drop_last=True)
+    G, D = Generator(28, 1), Discriminator(28, 1)
+    init_weights(G), init_weights(D)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    ones, zeros = torch.ones(BATCH), torch.zeros(BATCH)
+    done, t0 = 0, None
+    while done < steps + warmup:
+        for (real,) in loader:
+            if done == warmup:
+                t0 = time.perf_counter()
+            z = torch.randn(BATCH, 100)
+            fake = G(z)
+            opt_d.zero_grad()
+            loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
+            loss_d.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            loss_g = bce(D(fake), ones)
+            loss_g.backward()
+            opt_g.step()
+            float(loss_d), float(loss_g)  # a user logs the losses
+            done += 1
+            if done == steps + warmup:
+                break
+    dt = time.perf_counter() - t0
+    return {"images_per_sec": steps * BATCH / dt, "peak_rss_mb": peak_rss_mb()}
+
+
+def genforge_loop(data_dir: str, steps: int, warmup: int, precision: str, preset: str = "mnist-dcgan") -> dict:
+    from genforge.methods import get_method
+    from genforge.training import apply_overrides, read_raw, train, validate
+    from genforge.training.loop import resolve_precision
+
+    run = Path(os.environ.get("TMPDIR", "/tmp")) / f"gf-speed-{os.getpid()}"
+    shutil.rmtree(run, ignore_errors=True)
+    log_every = 50
+    raw = apply_overrides(read_raw(preset), [
+        f"train.max_steps={steps + warmup}", f"train.mixed_precision={precision}", f"train.log_every={log_every}",
+        "train.checkpoint_every=1000000", "train.sample_every=1000000"], get_method("gan").Config)
+    train(validate(raw), run, data_dir=data_dir, progress=False)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # steady state: from the first log line at/after warm-up to the end, by wall clock
+    first = next(r for r in recs if r["step"] >= warmup)
+    last = recs[-1]
+    ips = (last["step"] - first["step"]) * BATCH / (last["time"] - first["time"])
+    shutil.rmtree(run, ignore_errors=True)
+    return {"images_per_sec": ips, "peak_rss_mb": peak_rss_mb(), "precision": resolve_precision(precision)}
+
+
+def flops_per_image() -> float:
+    """FLOPs of one training step (D update on real+fake, G update through D) divided by the batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genforge.models.dcgan import Discriminator, Generator
+
+    G, D = Generator(28, 1), Discriminator(28, 1)
+    bce = nn.BCEWithLogitsLoss()
+    real, z = torch.randn(BATCH, 1, 28, 28), torch.randn(BATCH, 100)
+    with FlopCounterMode(display=False) as fc:
+        fake = G(z)
+        (bce(D(real), torch.ones(BATCH)) + bce(D(fake.detach()), torch.zeros(BATCH))).backward()
+        bce(D(fake), torch.ones(BATCH)).backward()
+    return fc.get_total_flops() / BATCH
+
+
+def measured_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """This machine's matrix-product peak: an n^3 product, as the issue's reference figures were measured."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def run_child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------- quality
+class Classifier(nn.Module):
+    """Small MNIST CNN (~99% test accuracy after 2 epochs); its 128-d penultimate layer gives features."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class ClassifierFeatures(nn.Module):
+    """torchmetrics FID `feature` module: uint8 images (any size / channels) -> 128-d classifier features."""
+
+    def __init__(self, clf: Classifier):
+        super().__init__()
+        self.clf = clf.eval()
+
+    def forward(self, x):
+        x = x.float() / 127.5 - 1
+        if x.shape[1] == 3:
+            x = x.mean(1, keepdim=True)
+        if x.shape[-1] != 28:
+            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad():
+            return self.clf.body(x)
+
+
+def u8_to_input(images_nhwc: torch.Tensor) -> torch.Tensor:
+    return images_nhwc.permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def train_classifier(data_dir: str) -> tuple[Classifier, float]:
+    from genforge.data import load_image_dataset
+
+    torch.manual_seed(0)
+    tr, te = load_image_dataset("mnist", data_dir, "train"), load_image_dataset("mnist", data_dir, "test")
+    clf = Classifier()
+    opt = torch.optim.Adam(clf.parameters(), 1e-3)
+    x, y = u8_to_input(tr.images), tr.labels
+    for epoch in range(2):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x) - 127, 128):
+            idx = perm[i : i + 128]
+            loss = F.cross_entropy(clf(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    clf.eval()
+    with torch.no_grad():
+        pred = torch.cat([clf(u8_to_input(te.images[i : i + 1000])).argmax(1) for i in range(0, len(te.images), 1000)])
+    return clf, float((pred == te.labels).float().mean())
+
+
+def judge(clf: Classifier, images: torch.Tensor, labels: torch.Tensor | None, real: torch.Tensor) -> dict:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    with torch.no_grad():
+        pred = torch.cat([clf(u8_to_input(images[i : i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
+    counts = torch.bincount(pred, minlength=10)
+    out = {"n": len(images), "class_counts": counts.tolist(), "classes_hit": int((counts > 0).sum())}
+    if labels is not None:
+        out["conditional_accuracy"] = float((pred == labels).float().mean())
+    fid = FrechetInceptionDistance(feature=ClassifierFeatures(clf), reset_real_features=False)
+    for i in range(0, len(real), 1000):
+        fid.update(real[i : i + 1000].permute(0, 3, 1, 2), real=True)
+    for i in range(0, len(images), 1000):
+        fid.update(images[i : i + 1000].permute(0, 3, 1, 2), real=False)
+    out["classifier_fid"] = float(fid.compute())
+    return out
+
+
+def quality(data_dir: str, epochs: float, work: Path) -> dict:
+    import numpy as np
+
+    import genforge
+    from genforge.data import load_image_dataset
+    from genforge.methods import get_method
+    from genforge.training import apply_overrides, read_raw, train, validate
+    from genforge.visual import save_grid
+
+    t = time.perf_counter()
+    clf, clf_acc = train_classifier(data_dir)
+    results: dict = {"classifier_test_accuracy": clf_acc, "classifier_train_seconds": round(time.perf_counter() - t, 1)}
+    real_test = load_image_dataset("mnist", data_dir, "test").images
+    # a real-vs-real floor for the classifier FID: test set against 10k training images
+    results["real_train_vs_test"] = judge(clf, load_image_dataset("mnist", data_dir, "train").images[:10000], None, real_test)
+    runs = [("mnist-dcgan", "auto", "mnist-dcgan-5ep"), ("mnist-dcgan", "no", "mnist-dcgan-5ep-fp32"),
+            ("mnist-cgan", "auto", "mnist-cgan-5ep")]
+    for preset, precision, tag in runs:
+        run = work / tag
+        shutil.rmtree(run, ignore_errors=True)
+        raw = apply_overrides(read_raw(preset), [f"train.epochs={epochs}", f"train.mixed_precision={precision}",
+                                                 "train.log_every=50"], get_method("gan").Config)
+        t = time.perf_counter()
+        res = train(validate(raw), run, data_dir=data_dir, progress=False)
+        seconds = time.perf_counter() - t
+        model = genforge.load(run)
+        labels = torch.arange(10000) % 10 if model.conditional else None
+        images = torch.from_numpy(model.generate(10000, seed=123, labels=labels.tolist() if labels is not None else None))
+        entry = {"preset": preset, "precision": precision, "epochs": epochs, "steps": res.step,
+                 "train_seconds": round(seconds, 1), "images_per_sec": round(res.images_per_second, 1),
+                 **judge(clf, images, labels, real_test)}
+        if model.conditional:  # one requested digit per row
+            grid = model.generate(100, seed=7, labels=[d for d in range(10) for _ in range(10)])
+            save_grid(grid, HERE / f"{tag}.png", nrow=10, scale=2)
+        else:
+            save_grid(np.asarray(model.generate(100, seed=7)), HERE / f"{tag}.png", nrow=10, scale=2)
+        shutil.copy(run / "loss.png", HERE / f"{tag}-loss.png")
+        results[tag] = entry
+        print(json.dumps({tag: entry}), flush=True)
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("GENFORGE_DATA", str(HERE.parent.parent / "shared" / "data")))
+    p.add_argument("--steps", type=int, default=500, help="timed steps per speed run")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--quality", action="store_true", help="also run the 5-epoch quality runs")
+    p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--work", default="/tmp/genforge-bench")
+    p.add_argument("--child", choices=["reference", "genforge-auto", "genforge-fp32"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child == "reference":
+        print(json.dumps(reference_loop(a.data_dir, a.steps, a.warmup)))
+        return
+    if a.child:
+        print(json.dumps(genforge_loop(a.data_dir, a.steps, a.warmup, "auto" if a.child == "genforge-auto" else "no")))
+        return
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": BATCH,
+        "cpu_bf16_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in ("amx_bf16", "avx512_bf16")})
+        if Path("/proc/cpuinfo").exists() else [],
+        "peak_gflops_fp32": round(measured_peak_gflops(torch.float32), 1),
+        "peak_gflops_bf16": round(measured_peak_gflops(torch.bfloat16), 1),
+    }
+    common = ["--data-dir", a.data_dir, "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    report["reference_fp32_eager"] = run_child(["--child", "reference", *common])
+    report["genforge_fp32"] = run_child(["--child", "genforge-fp32", *common])
+    report["genforge_auto"] = run_child(["--child", "genforge-auto", *common])
+    report["speedup_vs_reference"] = report["genforge_auto"]["images_per_sec"] / report["reference_fp32_eager"]["images_per_sec"]
+    fpi = flops_per_image()
+    report["flops_per_training_image"] = fpi
+    for key in ("reference_fp32_eager", "genforge_fp32", "genforge_auto"):
+        achieved = report[key]["images_per_sec"] * fpi / 1e9
+        report[key]["achieved_gflops"] = round(achieved, 1)
+        report[key]["share_of_measured_fp32_peak"] = round(achieved / report["peak_gflops_fp32"], 3)
+        report[key]["share_of_measured_bf16_peak"] = round(achieved / report["peak_gflops_bf16"], 3)
+        report[key]["share_of_quoted_peaks_355_2160"] = [round(achieved / 355, 3), round(achieved / 2160, 3)]
+    print(json.dumps(report, indent=2), flush=True)
+    if a.quality:
+        report["quality"] = quality(a.data_dir, a.epochs, Path(a.work))
+    (HERE / "train_speed.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
