@@ -413,7 +413,7 @@ def test_real_mnist(shared_data):
     info = dataset_info("mnist", shared_data)
     assert [f["checksum"] for f in info["files"]] == ["ok"] * 4
     assert info["splits"]["test"] == {"count": 10000, "shape": [28, 28, 1]}
-    assert info["path"] == str(shared_data / "mnist")
+    assert Path(info["path"]).resolve() == (shared_data / "mnist").resolve()
 
 
 def test_mnist_mini_needs_no_data_dir(tmp_path, shared_data):
