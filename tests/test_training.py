@@ -126,3 +126,10 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
     (run / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(UserError, match="model.safetensors"):
         genforge.load(run)
+
+
+def test_two_runs_in_one_process_with_different_precision(tmp_path):
+    a = train(tiny_config(max_steps=2, mixed_precision="no"), tmp_path / "a", progress=False)
+    b = train(tiny_config(max_steps=2, mixed_precision="bf16"), tmp_path / "b", progress=False)
+    assert a.step == b.step == 2
+    assert (tmp_path / "b" / "model.safetensors").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
 from genforge import artifacts
@@ -115,6 +116,11 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     # cpu=True on machines without an accelerator lets `accelerate launch --multi_gpu --num_processes N` run N CPU
     # processes over gloo (Accelerate's MULTI_CPU); with a GPU it is False and the GPU is used.
+    # Accelerate keeps its settings in a process-wide singleton; a second train() in the same process (a
+    # notebook, a benchmark) may ask for another precision, so the per-run part is reset. The process
+    # group (PartialState) stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     no_accel = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
     accelerator = Accelerator(mixed_precision=resolve_precision(tcfg.mixed_precision), cpu=no_accel,
                               log_with="tensorboard", project_dir=str(run_dir))
