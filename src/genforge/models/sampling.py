@@ -1,0 +1,166 @@
+"""Next-token selection and the streaming generation loop shared by every language model.
+
+`select_next` is a pure function of the logits. `generate` drives any model that offers
+`generation_session(prompts, use_cache)`, returning an object with `.logits` (B, vocab) for each row's
+next token and `.push(tokens)` to append one token per row (see GPTSession and RNNSession): the
+loop, the stopping rules and the precision handling are written once for all model families.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from genforge.errors import UserError
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0 (0 = greedy); got {temperature}. Fix: use e.g. 0.8.")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1 or unset; got {top_k}. Fix: use e.g. 50, or leave it unset.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1] or unset; got {top_p}. Fix: use e.g. 0.9, or leave it unset.")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits with every token outside the top-k / nucleus set to -inf (a new tensor).
+
+    top_k keeps exactly the k largest (ties broken by index, never more than k). top_p keeps the
+    smallest set of most likely tokens whose probability adds up to at least p, and always the top one.
+    """
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)
+    if top_p is not None and top_p < 1.0:
+        probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop_sorted = mass_before >= top_p  # the tokens before this one already reach p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def select_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of `logits` (B, vocab) -> (B,). Temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logits = filter_logits(logits, top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             stop_ids: Iterable[int] = (), should_stop: Callable[[int, list[int]], bool] | None = None,
+             use_cache: bool = True, dtype: torch.dtype | None = None) -> Iterator[list[int | None]]:
+    """Continue each prompt (a batch; lengths may differ), yielding one list of new ids per step, one
+    entry per row, so a caller can stream text as it is produced.
+
+    A row ends when it samples an id in `stop_ids` (that id is not yielded) or when
+    `should_stop(row, ids_so_far)` returns True after a yielded id (e.g. a stop string appeared in the
+    decoded text); an ended row yields None. The generator returns when every row has ended or after
+    `max_new_tokens` steps. `use_cache=False` recomputes the whole context each step (the reference
+    path). The model is put in eval mode while generating and restored afterwards.
+
+    `dtype=torch.bfloat16` generates with a bfloat16 copy of the weights, cast once, under autocast
+    (which keeps precision-sensitive ops such as softmax in float32). Per-step autocast over float32
+    weights would recast every weight matrix for every token, which measured slower than float32. The
+    copy lives as long as this generator; to sample many times, cast the model once yourself instead.
+    bf16 pays off for large models, whose decoding reads all weights per token (GPT-2 small on CPU:
+    ~1.5x); tiny models are faster in float32.
+    """
+    check_sampling_args(temperature, top_k, top_p)  # here, not at the first next(): errors surface at the call
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
+        raise UserError("prompts must be a list of token-id lists, one per row. Fix: wrap a single prompt "
+                        "as [ids].")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("Every prompt needs at least one token. Fix: start from a non-empty prompt "
+                        "(e.g. a newline encoded with the model's tokenizer).")
+    return _generate(model, [list(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, generator,
+                     set(stop_ids), should_stop, use_cache, dtype)
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
+              use_cache, dtype):
+    if max_new_tokens <= 0:
+        return
+    device_type = next(model.parameters()).device.type
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        model = copy.deepcopy(model).to(dtype)
+
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+
+    def mode():
+        # Entered around each step, never across a `yield`: inference/autocast state is thread-wide,
+        # and the caller's code runs while this generator is suspended.
+        if not low_precision:
+            return torch.inference_mode()
+        return _Both(torch.inference_mode(), torch.autocast(device_type, dtype=dtype))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with mode():
+            session = model.generation_session(prompts, use_cache=use_cache)
+        generated: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for step in range(max_new_tokens):
+            with mode():
+                next_ids = select_next(session.logits, temperature, top_k, top_p, generator).tolist()
+            out: list[int | None] = []
+            for b, t in enumerate(next_ids):
+                if done[b] or t in stop:
+                    done[b] = True
+                    out.append(None)
+                    continue
+                generated[b].append(t)
+                out.append(t)
+                if should_stop is not None and should_stop(b, generated[b]):
+                    done[b] = True
+            if all(t is None for t in out):
+                return
+            yield out
+            if all(done):
+                return
+            if step + 1 < max_new_tokens:
+                with mode():
+                    session.push(next_ids)
+    finally:
+        model.train(was_training)
+
+
+def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
+    """Run `generate` to the end and return each row's new ids (stop ids excluded)."""
+    rows: list[list[int]] = [[] for _ in prompts]
+    for step in generate(model, prompts, max_new_tokens, **kwargs):
+        for row, t in zip(rows, step):
+            if t is not None:
+                row.append(t)
+    return rows
+
+
+class _Both:
+    """Two context managers as one (cheaper per step than an ExitStack)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __enter__(self):
+        self.first.__enter__()
+        self.second.__enter__()
+
+    def __exit__(self, *exc):
+        self.second.__exit__(*exc)
+        self.first.__exit__(*exc)
+        return False
+
+
+__all__ = ["select_next", "filter_logits", "generate", "generate_ids", "check_sampling_args"]
