@@ -25,7 +25,7 @@ from genforge.errors import UserError
 from genforge.methods import DataSpec, get_method
 from genforge.training import checkpoint as ckpt
 from genforge.training.config import Config, format_validation_error
-from genforge.training.ema import EMA
+from genforge.training.ema import EMA, recalibrated_copy
 from genforge.training.progress import ProgressReporter, StopOnSignal
 from genforge.visual import save_grid, save_loss_plot
 
@@ -192,10 +192,17 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     else:
         grid_labels, grid_n, grid_nrow = None, 64, 8
 
-    def write_samples(tag: str) -> None:
+    def export_net(at: int) -> torch.nn.Module:
+        """The network to sample from and save: the EMA with BatchNorm statistics re-estimated for its weights."""
+        if ema is None:
+            return exported
+        rng = torch.Generator().manual_seed(_step_seed(tcfg.seed, at, 0, 7))
+        return recalibrated_copy(ema.shadow, lambda net: method_cls.sample(net, spec, 64, None, rng, device))
+
+    def write_samples(tag: str, net: torch.nn.Module | None = None) -> None:
         if not accelerator.is_main_process:
             return
-        net = ema.shadow if ema is not None else exported
+        net = net if net is not None else export_net(step)
         was_training = net.training
         net.eval()
         with torch.no_grad(), accelerator.autocast():
@@ -282,11 +289,11 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     ips_total = (step - step_start) * source.global_batch / elapsed if step > step_start else 0.0
     sync_buffers()
     if accelerator.is_main_process:
-        net = ema.shadow if ema is not None else exported
+        net = export_net(step)
         artifacts.save_weights(run_dir, net.state_dict(),
                                metadata={"step": str(step), "weights": "ema" if ema is not None else "raw"})
         artifacts.write_config(run_dir, {**meta, "step": step, "weights": "ema" if ema is not None else "raw"})
-        write_samples("final")
+        write_samples("final", net)
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
