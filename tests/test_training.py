@@ -133,3 +133,30 @@ def test_two_runs_in_one_process_with_different_precision(tmp_path):
     b = train(tiny_config(max_steps=2, mixed_precision="bf16"), tmp_path / "b", progress=False)
     assert a.step == b.step == 2
     assert (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_in_training_evaluation_keeps_the_best_weights(tmp_path):
+    scores = iter([5.0, 2.0, 3.0])  # step 2, 4, 6: the best is at step 4
+    seen = []
+
+    def evaluate(generate):
+        x = generate(8, torch.Generator().manual_seed(0))
+        seen.append(tuple(x.shape))
+        return next(scores)
+
+    run = train(tiny_config(eval_every=2), tmp_path / "e", progress=False, evaluate=evaluate).run_dir
+    assert seen == [(8, 1, 28, 28)] * 3
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["best"] == {"step": 4, "score": 2.0}
+    best, last = load_file(str(run / "model-best.safetensors")), weights(run)
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    assert genforge.load(run).weights_file == "model-best.safetensors"
+    assert genforge.load(run, select="last").weights_file == "model.safetensors"
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval_score" in line]
+    assert [e["step"] for e in evals] == [2, 4, 6] and evals[-1]["best_step"] == 4
+
+
+def test_select_best_without_evaluation_is_a_clear_error(tmp_path):
+    run = train(tiny_config(max_steps=2), tmp_path / "r", progress=False).run_dir
+    with pytest.raises(UserError, match="--select last"):
+        genforge.load(run, select="best")

@@ -3,11 +3,14 @@
 __version__ = "0.1.0"
 
 
-def load(run_dir, device=None):
-    """Load a trained run directory; returns an object with `generate(n, seed=None, labels=None)`."""
+def load(run_dir, device=None, select=None):
+    """Load a trained run directory; returns an object with `generate(n, seed=None, labels=None)`.
+
+    select: "best" | "last" | None (best-by-evaluation weights when the run kept them, else last).
+    """
     from genforge.artifacts import load as _load
 
-    return _load(run_dir, device)
+    return _load(run_dir, device, select)
 
 
 __all__ = ["__version__", "load"]

@@ -19,6 +19,7 @@ from genforge.methods import DataSpec, get_method
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+BEST_WEIGHTS_FILE = "model-best.safetensors"  # best in-training evaluation score, when evaluation was on
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -32,8 +33,9 @@ def write_config(run_dir: Path, meta: dict) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
 
 
-def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    path = run_dir / WEIGHTS_FILE
+def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 name: str = WEIGHTS_FILE) -> Path:
+    path = run_dir / name
     tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(tmp), metadata=metadata or {})
@@ -57,8 +59,10 @@ def read_config(run_dir: str | Path) -> dict:
 class ImageGenerator:
     """A loaded image model: `generate(n, seed, labels)` -> uint8 (N, H, W, C)."""
 
-    def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, device: torch.device):
+    def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, device: torch.device,
+                 weights_file: str = WEIGHTS_FILE):
         self.run_dir, self.meta, self.net, self.device = run_dir, meta, net, device
+        self.weights_file = weights_file  # which weights were loaded: model.safetensors or model-best.safetensors
         data = meta["data"]
         self.spec = DataSpec(data["height"], data["width"], data["channels"], len(data.get("classes") or []))
         self.method = get_method(meta["family"])
@@ -114,11 +118,21 @@ class ImageGenerator:
         return save_grid(images, path, nrow)
 
 
-def load(run_dir: str | Path, device: str | torch.device | None = None) -> ImageGenerator:
-    """Load a trained run directory for generation (safetensors only)."""
+def load(run_dir: str | Path, device: str | torch.device | None = None, select: str | None = None) -> ImageGenerator:
+    """Load a trained run directory for generation (safetensors only).
+
+    `select`: "best" (the weights with the best in-training evaluation), "last", or None = best when the
+    run kept one, else last.
+    """
     run_dir = Path(run_dir)
     meta = read_config(run_dir)
-    weights = run_dir / WEIGHTS_FILE
+    if select not in (None, "best", "last"):
+        raise UserError(f"select must be 'best' or 'last', got '{select}'.")
+    if select == "best" and not (run_dir / BEST_WEIGHTS_FILE).exists():
+        raise UserError(f"{run_dir} has no {BEST_WEIGHTS_FILE}: it was trained without in-training evaluation "
+                        "(train.eval_every). Use --select last.")
+    use_best = select == "best" or (select is None and (run_dir / BEST_WEIGHTS_FILE).exists())
+    weights = run_dir / (BEST_WEIGHTS_FILE if use_best else WEIGHTS_FILE)
     if not weights.exists():
         raise UserError(f"{run_dir} has no {WEIGHTS_FILE} yet: the run has not finished. "
                         f"Resume it with `genforge train {run_dir / CONFIG_FILE} --out {run_dir} --resume`.")
@@ -136,4 +150,4 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Image
         raise UserError(f"{weights} does not match the model in {CONFIG_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]}).")
     dev = torch.device(device) if device else torch.device("cpu")
     net.to(dev).eval()
-    return ImageGenerator(run_dir, meta, net, dev)
+    return ImageGenerator(run_dir, meta, net, dev, weights.name)

@@ -58,6 +58,8 @@ class TrainConfig(Strict):
     seed: int = 0
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(500, ge=1, description="steps between sample grids from fixed noise")
+    eval_every: int | None = Field(None, ge=1, description="steps between in-training evaluations (FID for image models); None = off")
+    eval_samples: int = Field(2000, ge=100, description="samples per in-training evaluation")
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
 

@@ -98,7 +98,13 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, evaluate=None) -> TrainResult:
+    """Train `cfg` into `run_dir`.
+
+    `evaluate(generate) -> float` (lower is better; e.g. genforge.evaluation.TrainingFID) is called every
+    `train.eval_every` steps with `generate(n, rng) -> float NCHW images` from the exported network; the
+    best-scoring weights are kept as `model-best.safetensors` beside the last ones.
+    """
     run_dir = Path(run_dir)
     tcfg = cfg.train
     method_cls = get_method(cfg.family)
@@ -170,9 +176,11 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     }
     metrics_path = run_dir / "metrics.jsonl"
     step = 0
+    best: dict = {}  # {"step": s, "score": x} of the best in-training evaluation so far
     if resume:
         accelerator.load_state(str(existing))
-        step = ckpt.read_state(existing)["step"]
+        saved_state = ckpt.read_state(existing)
+        step, best = saved_state["step"], saved_state.get("best") or {}
         if accelerator.is_main_process:  # drop log lines written after the checkpoint by the interrupted run
             kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= step]
             artifacts.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -221,7 +229,29 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     def save(at: int) -> Path:
         sync_buffers()
-        return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total}, tcfg.keep_checkpoints)
+        return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total, "best": best}, tcfg.keep_checkpoints)
+
+    def run_evaluation(at: int) -> None:
+        nonlocal best
+        if not accelerator.is_main_process:
+            return
+        net = export_net(at)
+
+        def generate(n: int, rng: torch.Generator) -> torch.Tensor:
+            with torch.no_grad(), accelerator.autocast():
+                return method_cls.sample(net, spec, n, None, rng, device).float()
+
+        t = time.perf_counter()
+        score = float(evaluate(generate))
+        record = {"step": at, "eval_score": score, "eval_seconds": round(time.perf_counter() - t, 2)}
+        if math.isfinite(score) and (not best or score < best["score"]):
+            best = {"step": at, "score": score}
+            artifacts.save_weights(run_dir, net.state_dict(), metadata={"step": str(at), "score": str(score)},
+                                   name=artifacts.BEST_WEIGHTS_FILE)
+        record["best_score"], record["best_step"] = best.get("score"), best.get("step")
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        accelerator.log({"eval_score": score}, step=at)
 
     reporter = ProgressReporter(enabled=progress and accelerator.is_main_process, total=total, start=step,
                                 images_per_step=source.global_batch)
@@ -277,6 +307,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 reporter.update(step, last_losses, ips)
             if step % tcfg.sample_every == 0:
                 write_samples(f"step-{step:08d}")
+            if evaluate is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total):
+                run_evaluation(step)
+                accelerator.wait_for_everyone()
             if ckpt_now:
                 save(step)
             if stop.requested and step < total:
@@ -292,7 +325,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         net = export_net(step)
         artifacts.save_weights(run_dir, net.state_dict(),
                                metadata={"step": str(step), "weights": "ema" if ema is not None else "raw"})
-        artifacts.write_config(run_dir, {**meta, "step": step, "weights": "ema" if ema is not None else "raw"})
+        artifacts.write_config(run_dir, {**meta, "step": step, "weights": "ema" if ema is not None else "raw",
+                                         **({"best": best} if best else {})})
         write_samples("final", net)
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
