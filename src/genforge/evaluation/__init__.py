@@ -1,0 +1,54 @@
+"""Sample-quality evaluation: evaluator networks, FID/KID/IS, precision/recall, memorization.
+
+Features come from an *evaluator*: a small CNN classifier that genforge trains on the real data
+(`genforge evaluator train mnist`, or automatically on first use) and caches as safetensors in
+`<data_dir>/evaluators/<dataset>-v1/` (or `$GENFORGE_EVALUATORS`), together with the features of the
+real train and test splits. Evaluators exist for mnist, fashion-mnist and cifar10; mnist-mini runs
+use the mnist one. The standard Inception-v3 FID is an option for users who have its weights file.
+
+Whole runs (what `genforge eval RUN_DIR` calls; writes RUN_DIR/eval.json):
+
+    from genforge.evaluation import evaluate_run
+    report = evaluate_run("runs/dcgan", n=10_000, reference="test", data_dir="../shared/data", seed=0)
+    report["metrics"]   # fid, kid, is, precision, recall, density, coverage, [conditional_accuracy],
+                        # classes_hit, class_entropy, memorization
+
+Any images (uint8 NHWC, or float NCHW in [-1, 1]):
+
+    from genforge.evaluation import load_evaluator, evaluate_images
+    ev = load_evaluator("mnist", data_dir)
+    evaluate_images(images, ev, labels=None, reference="test", seed=0)["metrics"]
+
+During training (the loop owns when to call it; construction trains/loads the evaluator and
+caches the reference statistics, so build it once):
+
+    from genforge.evaluation import TrainingFID
+    fid = TrainingFID("mnist", data_dir, n=2000, seed=0, device="cpu")
+    value = fid(lambda m, rng: method.sample(ema.shadow, spec, m, None, rng, device))
+    # generate(m, rng) -> m images, uint8 (m, H, W, C) or float (m, C, H, W) in [-1, 1]; called in
+    # batches of <= 500 with a generator seeded from `seed` (same noise every call).
+
+With torchmetrics directly:
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    FrechetInceptionDistance(feature=EvaluatorFeatures(ev))   # NCHW uint8 of any size / channels
+
+Definitions are in metrics.py; the memorization threshold is explained in reference.py.
+"""
+
+from genforge.evaluation.evaluator import (EVALUATOR_DATASETS, RECIPES, Evaluator, EvaluatorNet, evaluator_domain,
+                                           evaluators_root, load_evaluator, train_evaluator)
+from genforge.evaluation.features import EvaluatorFeatures, InceptionExtractor
+from genforge.evaluation.metrics import (FrechetDistance, class_statistics, fid, inception_score, kid, knn_radii,
+                                         memorization, nearest_neighbour_distances, prdc)
+from genforge.evaluation.reference import Reference, memorization_threshold, reference_features
+from genforge.evaluation.runner import EVAL_FILE, METRIC_INFO, evaluate_images, evaluate_run
+from genforge.evaluation.training_fid import TrainingFID
+
+__all__ = [
+    "EVALUATOR_DATASETS", "RECIPES", "Evaluator", "EvaluatorNet", "evaluator_domain", "evaluators_root",
+    "load_evaluator", "train_evaluator", "EvaluatorFeatures", "InceptionExtractor", "FrechetDistance",
+    "class_statistics", "fid", "inception_score", "kid", "knn_radii", "memorization", "nearest_neighbour_distances",
+    "prdc", "Reference", "memorization_threshold", "reference_features", "EVAL_FILE", "METRIC_INFO",
+    "evaluate_images", "evaluate_run", "TrainingFID",
+]

@@ -1,0 +1,192 @@
+"""`genforge eval`: generate from a run, measure the samples against real data, write eval.json."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge.errors import UserError
+from genforge.evaluation.evaluator import Evaluator, as_uint8_nhwc, default_device, evaluator_domain, load_evaluator
+from genforge.evaluation.metrics import class_statistics, fid, inception_score, kid, memorization, prdc
+from genforge.evaluation.reference import (Reference, memorization_threshold, read_reference, reference_features,
+                                           store_reference)
+
+REFERENCES = ("test", "train")
+EVAL_FILE = "eval.json"
+
+# name -> (what it is, which way is better); the CLI table and the docs use these.
+METRIC_INFO: dict[str, tuple[str, str]] = {
+    "fid": ("Fréchet distance of evaluator features to the real reference", "lower"),
+    "kid": ("kernel (MMD) distance of evaluator features, mean over subsets", "lower"),
+    "is": ("Inception Score from the evaluator's class logits (max = classes)", "higher"),
+    "precision": ("share of samples inside the real data's k-NN manifold", "higher"),
+    "recall": ("share of real images inside the samples' k-NN manifold", "higher"),
+    "density": ("how many real k-NN balls hold each sample, / k (~1 for real data)", "higher"),
+    "coverage": ("share of real k-NN balls that hold a sample", "higher"),
+    "conditional_accuracy": ("share of samples classified as the class asked for", "higher"),
+    "classes_hit": ("classes receiving at least a tenth of their even share", "higher"),
+    "class_entropy": ("evenness of the predicted-class histogram (1 = even)", "higher"),
+    "memorization": ("share of samples closer to a training image than 99% of real test images are", "lower"),
+}
+
+
+def _check_n(n: int, k: int) -> None:
+    if n < max(10, 2 * k + 1):
+        raise UserError(f"n={n} samples are too few to measure anything; use at least {max(10, 2 * k + 1)} "
+                        "(10,000 for figures comparable with published FIDs).")
+
+
+def _check_reference(reference: str) -> None:
+    if reference not in REFERENCES:
+        raise UserError(f"Unknown reference '{reference}'. Fix: use 'test' (held-out real images) or 'train'.")
+
+
+def _inception_reference(inception, evaluator: Evaluator, split: str, progress: bool) -> Reference:
+    directory = evaluator.directory.parent / inception.id / evaluator.dataset
+    data = read_reference(directory / f"features-{split}.safetensors", inception.weights_sha256)
+    if data is None:
+        from genforge.data import load_image_dataset
+
+        ds = load_image_dataset(evaluator.dataset, evaluator.data_dir, split)
+        feats, logits = inception.extract(ds.images, progress=progress, description=f"inception features of {split}")
+        data = {"features": feats, "logits": logits, "labels": ds.labels}
+        with contextlib.suppress(OSError):
+            directory.mkdir(parents=True, exist_ok=True)
+        store_reference(directory, split, feats, logits, ds.labels, inception.weights_sha256)
+    return Reference(split, data["features"], data["logits"], data["labels"])
+
+
+def evaluate_images(images, evaluator: Evaluator, *, labels=None, reference: str = "test", train_split: str = "train",
+                    seed: int = 0, k: int = 5, batch_size: int = 500, progress: bool = False,
+                    inception=None) -> dict:
+    """Every metric for a set of images: {"metrics": {...}, "details": {...}[, "inception": {...}]}.
+
+    images: uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1]. labels: the class asked for per
+    image (conditional models) or None. reference: real split for FID/KID/precision/recall. train_split:
+    the split whose images the model was trained on (memorization compares against it). The seed
+    fixes the real subset for precision/recall and the KID / IS subsets, so results repeat exactly.
+    """
+    _check_reference(reference)
+    images = as_uint8_nhwc(images).cpu()
+    _check_n(len(images), k)
+    fake_f, fake_l = evaluator.extract(images, batch_size, progress, "features of samples")
+    ref = reference_features(evaluator, reference, progress, batch_size)
+    train = reference_features(evaluator, train_split, progress, batch_size)
+    threshold = memorization_threshold(evaluator, train_split, progress)
+
+    n = len(fake_f)
+    g = torch.Generator().manual_seed(seed)
+    real_sub = ref.features if n >= len(ref) else ref.features[torch.randperm(len(ref), generator=g)[:n]]
+    requested = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1) if labels is not None else None
+    if requested is not None and len(requested) != n:
+        raise UserError(f"Got {len(requested)} labels for {n} images: give one requested class per image.")
+    kid_mean, kid_std = kid(ref.features, fake_f, seed=seed)
+    is_mean, is_std = inception_score(fake_l, seed=seed)
+    classes = class_statistics(fake_l, requested)
+    mem = memorization(fake_f, train.features, threshold)
+    metrics = {"fid": fid(ref.features, fake_f), "kid": kid_mean, "is": is_mean, **prdc(real_sub, fake_f, k)}
+    if requested is not None:
+        metrics["conditional_accuracy"] = classes["conditional_accuracy"]
+    metrics.update(classes_hit=classes["classes_hit"], class_entropy=classes["class_entropy"],
+                   memorization=mem["memorization"])
+    out = {
+        "metrics": metrics,
+        "details": {
+            "kid_std": kid_std, "kid_subset_size": min(1000, n, len(ref)), "is_std": is_std, "is_splits": 10,
+            "k": k, "prdc_real_n": len(real_sub), "reference_n": len(ref),
+            "class_counts": dict(zip(evaluator.classes, classes["class_counts"])),
+            "memorization_threshold": threshold, "memorization_train_split": train_split, "train_n": len(train),
+            "nearest_train_median": mem["nearest_train_median"],
+        },
+    }
+    if inception is not None:
+        inc_f, inc_l = inception.extract(images, progress=progress, description="inception features of samples")
+        inc_ref = _inception_reference(inception, evaluator, reference, progress)
+        inc_kid, inc_kid_std = kid(inc_ref.features, inc_f, seed=seed)
+        inc_is, inc_is_std = inception_score(inc_l, seed=seed)
+        out["inception"] = {"id": inception.id, "weights_sha256": inception.weights_sha256,
+                            "fid": fid(inc_ref.features, inc_f), "kid": inc_kid, "kid_std": inc_kid_std,
+                            "is": inc_is, "is_std": inc_is_std}
+    return out
+
+
+@contextlib.contextmanager
+def _status(enabled: bool, text: str):
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text):
+        yield
+
+
+def evaluate_run(run_dir: str | Path, n: int = 10_000, reference: str = "test", data_dir: str | Path | None = None,
+                 seed: int = 0, batch_size: int = 500, k: int = 5, device: str | torch.device | None = None,
+                 inception_weights: str | Path | None = None, evaluator_root: str | Path | None = None,
+                 select: str | None = None, progress: bool = False, write: bool = True) -> dict:
+    """Generate n samples from a run directory (seeded), evaluate them, and write `eval.json` there.
+
+    The evaluator for the run's dataset is trained on first use. Conditional models are asked for
+    every class in turn (label i % classes), so conditional accuracy covers all classes evenly.
+    select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
+    """
+    from genforge.artifacts import ImageGenerator, load
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    _check_reference(reference)
+    _check_n(n, k)
+    dev = default_device(device)
+    model = load(run_dir, dev, select=select)
+    if not isinstance(model, ImageGenerator):
+        raise UserError(f"{run_dir} is a text model; genforge eval scores image models. A language model's "
+                        "validation loss is logged in metrics.jsonl when it is trained with train.eval_every.")
+    dataset = model.meta["data"]["dataset"]
+    _, train_split = evaluator_domain(dataset)  # fails fast, before any work, for datasets without an evaluator
+    inception = None
+    if inception_weights is not None:
+        from genforge.evaluation.features import InceptionExtractor
+
+        inception = InceptionExtractor(inception_weights, dev)
+    evaluator = load_evaluator(dataset, data_dir, root=evaluator_root, device=dev, progress=progress)
+    labels = None
+    if model.conditional:
+        if list(model.classes) != evaluator.classes:
+            raise UserError(f"The model's classes {model.classes[:5]}... differ from the {evaluator.dataset} "
+                            f"evaluator's {evaluator.classes[:5]}...; conditional accuracy would be meaningless.")
+        labels = [i % len(model.classes) for i in range(n)]
+    t1 = time.perf_counter()
+    with _status(progress, f"generating {n} samples"):
+        images = model.generate(n, seed=seed, labels=labels, batch_size=batch_size)
+    t2 = time.perf_counter()
+    result = evaluate_images(images, evaluator, labels=labels, reference=reference, train_split=train_split,
+                             seed=seed, k=k, batch_size=batch_size, progress=progress, inception=inception)
+    t3 = time.perf_counter()
+    report = {
+        "run_dir": str(run_dir),
+        "model": {"family": model.meta.get("family"), "name": model.meta.get("name"), "dataset": dataset,
+                  "conditional": model.conditional, "step": model.meta.get("step"), "weights": model.weights_file},
+        "n": n,
+        "seed": seed,
+        "reference": reference,
+        "evaluator": {"id": evaluator.id, "dataset": evaluator.dataset, "test_accuracy": evaluator.test_accuracy,
+                      "feature_dim": evaluator.feature_dim},
+        **result,
+        "seconds": {"setup": round(t1 - t0, 2), "generate": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2),
+                    "total": round(t3 - t0, 2)},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if write:
+        path = run_dir / EVAL_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    return report
