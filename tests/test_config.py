@@ -1,6 +1,7 @@
 import pytest
 
 from genforge.errors import UserError
+from genforge.methods import get_method
 from genforge.methods.gan import GANConfig
 from genforge.training.config import apply_overrides, list_presets, read_raw, validate
 
@@ -11,7 +12,7 @@ def test_every_preset_validates():
     for name, desc in names.items():
         raw = read_raw(name)
         cfg = validate(raw)
-        GANConfig.model_validate(cfg.model)
+        get_method(cfg.family).Config.model_validate(cfg.model)
         assert desc, f"preset {name} has no description"
 
 

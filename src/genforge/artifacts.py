@@ -1,4 +1,5 @@
-"""A trained model as a directory: `config.json` + `model.safetensors`, and `genforge.load(dir)`.
+"""A trained model as a directory: `config.json` + `model.safetensors` (+ `tokenizer.json` for text), and
+`genforge.load(dir)`, which returns an ImageGenerator or a TextGenerator.
 
 Loading reads JSON and safetensors only, never pickle, so opening someone else's model runs no code.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +120,102 @@ class ImageGenerator:
         return save_grid(images, path, nrow)
 
 
-def load(run_dir: str | Path, device: str | torch.device | None = None, select: str | None = None) -> ImageGenerator:
+class TextGenerator:
+    """A loaded language model: `generate(prompt, ...)` -> str (or a list for a list of prompts), `stream(...)`.
+
+    A prompt longer than the model's context is cropped to its last block (and the window slides as text
+    is generated), and characters outside a char vocabulary become the unknown id: never an error.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, tokenizer, device: torch.device,
+                 weights_file: str = WEIGHTS_FILE):
+        self.run_dir, self.meta, self.net, self.tokenizer, self.device = run_dir, meta, net, tokenizer, device
+        self.weights_file = weights_file
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str):
+            raise UserError(f"A prompt must be a string, got {type(prompt).__name__}.")
+        ids = self.tokenizer.encode(prompt)
+        if not ids:  # an empty prompt starts from a newline, as a fresh document would
+            ids = self.tokenizer.encode("\n")
+        return ids
+
+    def _run(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: int | None,
+             top_p: float | None, seed: int | None, stop: list[str] | str | None, use_cache: bool,
+             dtype: torch.dtype | None) -> Iterator[list[str | None]]:
+        """Yields, per step, the new text of each row ("" while a multi-byte character or a possible stop
+        string is incomplete; None once the row has ended). No stop string, nor anything after it, is
+        ever handed out."""
+        from genforge.data.tokenizers import StreamDecoder
+        from genforge.models.sampling import generate
+
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
+        text = [""] * len(prompts)  # generated text so far, per row
+        sent = [0] * len(prompts)  # how much of it was handed out; a stop string never starts before this
+        done = [False] * len(prompts)
+
+        def first_stop(b: int) -> int:
+            return min((i for i in (text[b].find(s, sent[b]) for s in stops) if i >= 0), default=-1)
+
+        def on_token(b: int, ids: list[int]) -> bool:  # called by `generate` for each new id of a row
+            text[b] += decoders[b].push(ids[-1])
+            return first_stop(b) >= 0
+
+        def take(b: int, final: bool) -> str | None:
+            if done[b]:
+                return None
+            cut = first_stop(b)
+            if cut >= 0 or final:
+                done[b] = True
+                return text[b][sent[b]:cut if cut >= 0 else None]
+            # Hold back the longest tail that could still grow into a stop string.
+            tail = max((k for s in stops for k in range(1, len(s)) if text[b].endswith(s[:k])), default=0)
+            piece = text[b][sent[b]:len(text[b]) - tail]
+            sent[b] += len(piece)
+            return piece
+
+        rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        ids = [self._prompt_ids(p) for p in prompts]
+        for _ in generate(self.net, ids, max_new_tokens, temperature, top_k, top_p, generator=rng,
+                          should_stop=on_token, use_cache=use_cache, dtype=dtype):
+            yield [take(b, final=False) for b in range(len(prompts))]
+        for b in range(len(prompts)):
+            text[b] += decoders[b].flush()
+        yield [take(b, final=True) for b in range(len(prompts))]
+
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: list[str] | str | None = None, use_cache: bool = True,
+                 dtype: torch.dtype | None = None) -> str | list[str]:
+        """Continue `prompt` (or each prompt of a list, batched) by up to `max_new_tokens` tokens.
+
+        temperature 0 is greedy; top_k / top_p filter the distribution; the same seed gives the same text.
+        Generation of a row ends at the first of its `stop` strings, which is left out of the result.
+        Returns only the new text, not the prompt.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise UserError("Give at least one prompt.")
+        pieces = [[] for _ in prompts]
+        for step in self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, dtype):
+            for row, piece in zip(pieces, step):
+                if piece:
+                    row.append(piece)
+        texts = ["".join(row) for row in pieces]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
+               use_cache: bool = True, dtype: torch.dtype | None = None) -> Iterator[str]:
+        """Like `generate` for one prompt, yielding text pieces as they are produced."""
+        for (piece,) in self._run([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, dtype):
+            if piece:
+                yield piece
+
+
+def load(run_dir: str | Path, device: str | torch.device | None = None,
+         select: str | None = None) -> ImageGenerator | TextGenerator:
     """Load a trained run directory for generation (safetensors only).
 
     `select`: "best" (the weights with the best in-training evaluation), "last", or None = best when the
@@ -137,8 +234,7 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, select: 
         raise UserError(f"{run_dir} has no {WEIGHTS_FILE} yet: the run has not finished. "
                         f"Resume it with `genforge train {run_dir / CONFIG_FILE} --out {run_dir} --resume`.")
     method = get_method(meta.get("family", "?"))
-    data = meta["data"]
-    spec = DataSpec(data["height"], data["width"], data["channels"], len(data.get("classes") or []))
+    spec = method.spec_from_meta(meta["data"])
     cfg = method.Config.model_validate(meta["model"])
     net = method.build_exported(cfg, spec)
     try:
@@ -150,4 +246,10 @@ def load(run_dir: str | Path, device: str | torch.device | None = None, select: 
         raise UserError(f"{weights} does not match the model in {CONFIG_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]}).")
     dev = torch.device(device) if device else torch.device("cpu")
     net.to(dev).eval()
+    if method.modality == "text":
+        from genforge.data.tokenizers import load_tokenizer
+
+        if not (run_dir / "tokenizer.json").exists():
+            raise UserError(f"{run_dir} has no tokenizer.json, which a text model needs; the run directory is incomplete.")
+        return TextGenerator(run_dir, meta, net, load_tokenizer(run_dir), dev, weights.name)
     return ImageGenerator(run_dir, meta, net, dev, weights.name)

@@ -3,8 +3,9 @@
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, Method, MethodConfig
 from genforge.methods.gan import GANMethod
+from genforge.methods.lm import LMMethod
 
-METHODS: dict[str, type[Method]] = {GANMethod.family: GANMethod}
+METHODS: dict[str, type[Method]] = {GANMethod.family: GANMethod, LMMethod.family: LMMethod}
 
 
 def get_method(family: str) -> type[Method]:

@@ -1,14 +1,19 @@
 """The small interface through which a model family plugs into the one training loop.
 
-A method owns its networks and optimizers, computes the losses of one optimizer step (and calls
-backward itself, because a GAN steps two optimizers per batch), and knows how to sample from the
-network it exports. The loop owns everything else: data, devices, precision, EMA, checkpoints, logs.
+A method owns its networks, optimizers and LR schedulers, computes the losses of one optimizer step
+(and calls backward itself, because a GAN steps two optimizers per batch), and knows its data: how it
+is loaded and cut into per-step micro-batches (`prepare_data`), and how samples are written during
+training (`write_samples`). The loop owns everything else: devices, precision, EMA, checkpoints, logs.
+
+Image methods share their data and sample-grid code through `methods/images.py` (ImageMethod);
+language models have theirs in `methods/lm.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +26,7 @@ class MethodConfig(BaseModel):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a method needs to know about the data to size its networks."""
+    """What an image method needs to know about the data to size its networks."""
 
     height: int
     width: int
@@ -29,33 +34,62 @@ class DataSpec:
     num_classes: int  # 0 when unlabelled
 
 
+class TrainingData(Protocol):
+    """What `prepare_data` returns: the training data of one process, in memory."""
+
+    spec: object  # sizes the networks (DataSpec for images, TextSpec for text)
+    meta: dict  # the "data" part of config.json
+    unit: str  # what throughput counts: "images" or "tokens"
+    items_per_step: int  # units per optimizer step over all processes
+    steps_per_epoch: int
+
+    def micro_batches(self, step: int, rng: torch.Generator) -> list:
+        """The batches of optimizer step `step` for this process, ready for `training_step`; all
+        randomness (order, windows, augmentation) drawn from `rng`, seeded by (seed, step, rank)."""
+
+
 class Method:
     family: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    modality: ClassVar[str] = "image"  # "image" or "text": which generator object `genforge.load` returns
 
     #: name of the network in `networks` that generation uses (EMA'd, exported to model.safetensors)
     exported: ClassVar[str]
+    #: whether the loop keeps an EMA of the exported network (when train.ema_decay > 0)
+    uses_ema: ClassVar[bool] = True
+    #: whether the method scores itself at train.eval_every (`validation_score`) without an evaluate= callback
+    self_evaluates: ClassVar[bool] = False
 
-    def __init__(self, cfg: MethodConfig, spec: DataSpec):
-        self.cfg, self.spec = cfg, spec
+    def __init__(self, cfg: MethodConfig, spec, total_steps: int | None = None):
+        self.cfg, self.spec, self.total_steps = cfg, spec, total_steps
         self.networks: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}  # checkpointed by the loop
 
     @classmethod
-    def build_exported(cls, cfg: MethodConfig, spec: DataSpec) -> nn.Module:
+    def prepare_data(cls, cfg, data_dir, run_dir: Path, resume: bool, accelerator) -> TrainingData:
+        """Load the training data named by `cfg.data` onto `accelerator.device` (see TrainingData)."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_exported(cls, cfg: MethodConfig, spec) -> nn.Module:
         """The exported network alone, for loading an artifact."""
         raise NotImplementedError
 
     def setup(self, train_cfg) -> None:
-        """Create `self.networks` and `self.optimizers` (weights initialised under the caller's seed)."""
+        """Create `self.networks`, `self.optimizers` (and `self.schedulers`), weights initialised under the caller's seed."""
         raise NotImplementedError
 
     def training_step(self, accelerator, micro_batches, rng: torch.Generator) -> dict[str, torch.Tensor]:
-        """One optimizer step over `micro_batches` [(x, labels)], x float NCHW in [-1, 1]. Returns detached losses."""
+        """One optimizer step over `micro_batches` (from `TrainingData.micro_batches`). Returns detached losses."""
         raise NotImplementedError
 
     @classmethod
-    def sample(cls, net: nn.Module, spec: DataSpec, n: int, labels: torch.Tensor | None,
-               rng: torch.Generator, device: torch.device) -> torch.Tensor:
-        """n samples as float NCHW in [-1, 1] from the exported network."""
+    def write_samples(cls, net: nn.Module, data: TrainingData, path: Path, seed: int, accelerator) -> Path:
+        """Write samples from `net` to `path` plus the method's suffix (.png grid, .txt text); same seed, same samples."""
+        raise NotImplementedError
+
+    @classmethod
+    def validation_score(cls, net: nn.Module, data: TrainingData, accelerator) -> dict[str, float]:
+        """In-training evaluation of self-evaluating methods: {"eval_score": x, ...}, lower is better."""
         raise NotImplementedError

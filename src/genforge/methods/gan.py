@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genforge.methods.base import DataSpec, Method, MethodConfig
+from genforge.methods.base import DataSpec, MethodConfig
+from genforge.methods.images import ImageMethod
 from genforge.models.dcgan import Discriminator, Generator, init_weights
 
 
@@ -31,7 +32,7 @@ class GANConfig(MethodConfig):
     embed_dim: int = Field(50, ge=1, description="size of G's label embedding (conditional only)")
 
 
-class GANMethod(Method):
+class GANMethod(ImageMethod):
     family = "gan"
     Config = GANConfig
     exported = "generator"

@@ -30,10 +30,14 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    dataset: str = "mnist"
-    image_size: int | None = Field(None, description="resize to this square side; None keeps the native size")
-    channels: Literal[1, 3] | None = Field(None, description="1 = grayscale, 3 = RGB; None keeps the native channels")
+    dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, mnist-mini, folder:PATH; "
+                                               "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
+    image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
+    channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
     augment: AugmentConfig = AugmentConfig()
+    tokenizer: Literal["char", "byte", "bpe"] = Field("char", description="text: vocabulary, learnt from the training text")
+    vocab_size: int | None = Field(None, ge=256, description="text: BPE vocabulary size (bpe only; default 2048)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="text: the last part of the corpus, held out for validation")
 
 
 class TrainConfig(Strict):
@@ -58,8 +62,10 @@ class TrainConfig(Strict):
     seed: int = 0
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(500, ge=1, description="steps between sample grids from fixed noise")
-    eval_every: int | None = Field(None, ge=1, description="steps between in-training evaluations (FID for image models); None = off")
-    eval_samples: int = Field(2000, ge=100, description="samples per in-training evaluation")
+    eval_every: int | None = Field(None, ge=1, description="steps between in-training evaluations (FID for image models, "
+                                                             "validation loss for language models); None = off")
+    eval_samples: int = Field(2000, ge=100, description="samples per in-training evaluation (language models: at most "
+                                                         "this many validation windows)")
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
 
@@ -67,7 +73,7 @@ class TrainConfig(Strict):
 class Config(Strict):
     name: str = "run"
     description: str = ""
-    family: Literal["gan"] = "gan"
+    family: Literal["gan", "lm"] = "gan"
     data: DataConfig = DataConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="family-specific; validated by the method")
     train: TrainConfig = TrainConfig()

@@ -1,9 +1,11 @@
 """The one training loop, on Hugging Face Accelerate, for every model family.
 
-Data lives in memory as a uint8 tensor on the training device; each process takes its slice of a
-per-epoch permutation. All randomness of a step (batch order, noise, augmentation) comes from
-generators seeded by (seed, step, rank), so a run resumed from a checkpoint continues exactly as if
-it had never stopped, and a CPU run is reproducible bit for bit.
+The method decides how its data is loaded and cut into micro-batches (`prepare_data`: images as an
+in-memory uint8 tensor, text as in-memory token ids) and how samples are written; the loop owns the
+devices, precision, EMA, in-training evaluation, logs and checkpoints. All randomness of a step (batch
+order or text windows, noise, augmentation, dropout) comes from generators seeded by (seed, step,
+rank), so a run resumed from a checkpoint continues exactly as if it had never stopped, and a CPU run
+is reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
 from genforge import artifacts
-from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, to_model_range
 from genforge.errors import UserError
-from genforge.methods import DataSpec, get_method
+from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
 from genforge.training.config import Config, format_validation_error
 from genforge.training.ema import EMA, recalibrated_copy
 from genforge.training.progress import ProgressReporter, StopOnSignal
-from genforge.visual import save_grid, save_loss_plot
+from genforge.visual import save_loss_plot
 
 
 def resolve_precision(setting: str) -> str:
@@ -51,38 +52,17 @@ class TrainingDiverged(UserError):
 class TrainResult:
     run_dir: Path
     step: int
-    images_per_second: float
+    items_per_second: float  # training throughput in `unit`s per second
     last_losses: dict[str, float]
+    unit: str = "images"  # "images" or "tokens"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.items_per_second
 
 
 def _step_seed(seed: int, step: int, rank: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + stream * 15_485_863) % (2**63 - 1)
-
-
-class BatchSource:
-    """Per-epoch permutation of an in-memory dataset; process `rank` reads its own slice of each global batch."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch: int, accum: int,
-                 rank: int, world: int, seed: int):
-        self.images, self.labels = images, labels
-        self.batch, self.accum, self.rank, self.world, self.seed = batch, accum, rank, world, seed
-        self.global_batch = batch * accum * world
-        self.steps_per_epoch = len(images) // self.global_batch
-        self._epoch, self._perm = -1, None
-
-    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
-            self._epoch = epoch
-        base = pos * self.global_batch
-        out = []
-        for k in range(self.accum):
-            start = base + (k * self.world + self.rank) * self.batch
-            idx = self._perm[start : start + self.batch]
-            out.append((self.images[idx], self.labels[idx] if self.labels is not None else None))
-        return out
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -103,7 +83,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     `evaluate(generate) -> float` (lower is better; e.g. genforge.evaluation.TrainingFID) is called every
     `train.eval_every` steps with `generate(n, rng) -> float NCHW images` from the exported network; the
-    best-scoring weights are kept as `model-best.safetensors` beside the last ones.
+    best-scoring weights are kept as `model-best.safetensors` beside the last ones. Methods that score
+    themselves (language models: validation loss) need no `evaluate`.
     """
     run_dir = Path(run_dir)
     tcfg = cfg.train
@@ -133,14 +114,12 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     set_seed(tcfg.seed)
 
-    with accelerator.main_process_first():
-        dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
-                                     image_size=cfg.data.image_size, channels=cfg.data.channels)
-    n, h, w, c = dataset.images.shape
-    classes = list(dataset.classes) if dataset.labels is not None else []
-    spec = DataSpec(h, w, c, len(classes))
+    data = method_cls.prepare_data(cfg, data_dir, run_dir, resume, accelerator)
+    total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * data.steps_per_epoch)
+    if evaluate is None and method_cls.self_evaluates:
+        evaluate = "self"
 
-    method = method_cls(method_cfg, spec)
+    method = method_cls(method_cfg, data.spec, total_steps=total)
     method.setup(tcfg)
     names = list(method.networks)
     if tcfg.channels_last:
@@ -153,25 +132,18 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     method.networks = dict(zip(names, prepared[: len(names)]))
     method.optimizers = dict(zip(method.optimizers, prepared[len(names):]))
     exported = accelerator.unwrap_model(method.networks[method_cls.exported])
-    ema = EMA(exported, tcfg.ema_decay).to(device) if tcfg.ema_decay > 0 else None
+    ema = EMA(exported, tcfg.ema_decay).to(device) if tcfg.ema_decay > 0 and method_cls.uses_ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-
-    source = BatchSource(dataset.images.to(device), dataset.labels.to(device) if dataset.labels is not None else None,
-                         tcfg.batch_size, tcfg.grad_accum, rank, world, tcfg.seed)
-    if source.steps_per_epoch == 0:
-        raise UserError(f"The dataset has {n} images, fewer than one global batch "
-                        f"({tcfg.batch_size} x {tcfg.grad_accum} accumulation x {world} processes). Lower train.batch_size.")
-    total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * source.steps_per_epoch)
-    augment = Augment(**cfg.data.augment.model_dump())
+    for scheduler in method.schedulers.values():  # its step count is saved and restored with the rest
+        accelerator.register_for_checkpointing(scheduler)
 
     meta = {
         "genforge_format": 1,
         "family": cfg.family,
         "name": cfg.name,
         "model": method_cfg.model_dump(),
-        "data": {"dataset": cfg.data.dataset, "height": h, "width": w, "channels": c, "classes": classes,
-                 "value_range": [-1, 1]},
+        "data": data.meta,
         "config": cfg.model_dump(),
     }
     metrics_path = run_dir / "metrics.jsonl"
@@ -191,14 +163,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         (run_dir / "samples").mkdir(exist_ok=True)
     accelerator.init_trackers("tensorboard")
 
-    # Fixed noise for the sample grids: one row per class for conditional models.
-    fixed_rng_seed = _step_seed(tcfg.seed, 0, 0, 99)
-    if getattr(method_cfg, "conditional", False) and spec.num_classes:
-        per_row = 8 if spec.num_classes <= 16 else 1
-        grid_labels = torch.arange(spec.num_classes).repeat_interleave(per_row)[:160]
-        grid_n, grid_nrow = len(grid_labels), per_row
-    else:
-        grid_labels, grid_n, grid_nrow = None, 64, 8
+    fixed_rng_seed = _step_seed(tcfg.seed, 0, 0, 99)  # the same noise / prompt seed for every sample
+    spec = data.spec
 
     def export_net(at: int) -> torch.nn.Module:
         """The network to sample from and save: the EMA with BatchNorm statistics re-estimated for its weights."""
@@ -211,12 +177,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         if not accelerator.is_main_process:
             return
         net = net if net is not None else export_net(step)
-        was_training = net.training
-        net.eval()
-        with torch.no_grad(), accelerator.autocast():
-            x = method_cls.sample(net, spec, grid_n, grid_labels, torch.Generator().manual_seed(fixed_rng_seed), device)
-        net.train(was_training)
-        save_grid(from_model_range(x.float()).cpu().numpy(), run_dir / "samples" / f"{tag}.png", grid_nrow, scale=2)
+        method_cls.write_samples(net, data, run_dir / "samples" / tag, fixed_rng_seed, accelerator)
 
     def sync_buffers() -> None:
         # DDP keeps parameters equal across processes; BatchNorm statistics are made equal here, from rank 0.
@@ -242,8 +203,12 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 return method_cls.sample(net, spec, n, None, rng, device).float()
 
         t = time.perf_counter()
-        score = float(evaluate(generate))
-        record = {"step": at, "eval_score": score, "eval_seconds": round(time.perf_counter() - t, 2)}
+        if evaluate == "self":
+            scores = method_cls.validation_score(net, data, accelerator)  # e.g. {"eval_score": x, "val_loss": x}
+        else:
+            scores = {"eval_score": float(evaluate(generate))}
+        score = scores["eval_score"]
+        record = {"step": at, **scores, "eval_seconds": round(time.perf_counter() - t, 2)}
         if math.isfinite(score) and (not best or score < best["score"]):
             best = {"step": at, "score": score}
             artifacts.save_weights(run_dir, net.state_dict(), metadata={"step": str(at), "score": str(score)},
@@ -251,10 +216,10 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         record["best_score"], record["best_step"] = best.get("score"), best.get("step")
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        accelerator.log({"eval_score": score}, step=at)
+        accelerator.log(scores, step=at)
 
     reporter = ProgressReporter(enabled=progress and accelerator.is_main_process, total=total, start=step,
-                                images_per_step=source.global_batch)
+                                unit=data.unit)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     t_last, step_last = time.perf_counter(), step
@@ -265,15 +230,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     with reporter, StopOnSignal(enabled=world == 1) as stop:
         while step < total:
             rng = torch.Generator().manual_seed(_step_seed(tcfg.seed, step, rank, 0))
-            micro = []
-            for x_u8, y in source.micro_batches(step):
-                x = to_model_range(x_u8)
-                if tcfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if augment.enabled():
-                    x = augment_batch(x, augment, rng)
-                micro.append((x, y))
-            losses = method.training_step(accelerator, micro, rng)
+            losses = method.training_step(accelerator, data.micro_batches(step, rng), rng)
             if ema is not None:
                 ema.update(exported)
             step += 1
@@ -296,10 +253,10 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                         "Lower train.lr, or use train.mixed_precision=no, then --resume or start again.")
                 sums, count = {}, 0
                 now = time.perf_counter()
-                ips = (step - step_last) * source.global_batch / max(now - t_last, 1e-9)
+                ips = (step - step_last) * data.items_per_step / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
-                record = {"step": step, "epoch": round(step / source.steps_per_epoch, 4), **last_losses,
-                          "images_per_sec": round(ips, 1), "time": round(time.time(), 3)}
+                record = {"step": step, "epoch": round(step / data.steps_per_epoch, 4), **last_losses,
+                          f"{data.unit}_per_sec": round(ips, 1), "time": round(time.time(), 3)}
                 if accelerator.is_main_process:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -319,7 +276,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                                 f"Continue with: genforge train {run_dir / 'config.json'} --out {run_dir} --resume")
 
     elapsed = time.perf_counter() - t_start
-    ips_total = (step - step_start) * source.global_batch / elapsed if step > step_start else 0.0
+    ips_total = (step - step_start) * data.items_per_step / elapsed if step > step_start else 0.0
     sync_buffers()
     if accelerator.is_main_process:
         net = export_net(step)
@@ -331,4 +288,4 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, step, ips_total, last_losses)
+    return TrainResult(run_dir, step, ips_total, last_losses, data.unit)

@@ -9,8 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class ProgressReporter:
-    def __init__(self, enabled: bool, total: int, start: int, images_per_step: int):
+    def __init__(self, enabled: bool, total: int, start: int, unit: str = "images"):
         self.enabled = enabled
+        self.unit = {"images": "img", "tokens": "tok"}.get(unit, unit)
         self.progress = None
         if enabled:
             self.progress = Progress(
@@ -30,10 +31,10 @@ class ProgressReporter:
             self.progress.stop()
         return False
 
-    def update(self, step: int, losses: dict[str, float], images_per_sec: float) -> None:
+    def update(self, step: int, losses: dict[str, float], per_sec: float) -> None:
         if self.progress is None:
             return
-        info = "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) + f"  {images_per_sec:,.0f} img/s"
+        info = "  ".join(f"{k} {v:.3f}" for k, v in losses.items()) + f"  {per_sec:,.0f} {self.unit}/s"
         self.progress.update(self.task, completed=step, info=info)
 
 

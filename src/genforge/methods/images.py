@@ -1,0 +1,104 @@
+"""The data and sample-grid side shared by image methods (GAN now; VAE and diffusion later).
+
+Data lives in memory as a uint8 NHWC tensor on the training device; each process takes its slice of a
+per-epoch permutation, converts it to float NCHW in [-1, 1] and augments it with the step's generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, to_model_range
+from genforge.errors import UserError
+from genforge.methods.base import DataSpec, Method
+
+
+class ImageData:
+    """Per-epoch permutation of an in-memory dataset; process `rank` reads its own slice of each global batch."""
+
+    unit = "images"
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch: int, accum: int,
+                 rank: int, world: int, seed: int, augment: Augment, channels_last: bool, spec: DataSpec, meta: dict):
+        self.images, self.labels = images, labels
+        self.batch, self.accum, self.rank, self.world, self.seed = batch, accum, rank, world, seed
+        self.augment, self.channels_last, self.spec, self.meta = augment, channels_last, spec, meta
+        self.items_per_step = batch * accum * world
+        self.steps_per_epoch = len(images) // self.items_per_step
+        self._epoch, self._perm = -1, None
+
+    def micro_batches(self, step: int, rng: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """[(x float NCHW in [-1, 1], labels or None)] for each accumulation micro-batch."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
+            self._epoch = epoch
+        base = pos * self.items_per_step
+        out = []
+        for k in range(self.accum):
+            start = base + (k * self.world + self.rank) * self.batch
+            idx = self._perm[start : start + self.batch]
+            x = to_model_range(self.images[idx])
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.augment.enabled():
+                x = augment_batch(x, self.augment, rng)
+            out.append((x, self.labels[idx] if self.labels is not None else None))
+        return out
+
+
+class ImageMethod(Method):
+    """A method whose data is an image dataset and whose samples are image grids."""
+
+    @classmethod
+    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
+        tcfg = cfg.train
+        with accelerator.main_process_first():
+            dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
+                                         image_size=cfg.data.image_size, channels=cfg.data.channels)
+        n, h, w, c = dataset.images.shape
+        classes = list(dataset.classes) if dataset.labels is not None else []
+        spec = DataSpec(h, w, c, len(classes))
+        meta = {"dataset": cfg.data.dataset, "height": h, "width": w, "channels": c, "classes": classes,
+                "value_range": [-1, 1]}
+        device = accelerator.device
+        data = ImageData(dataset.images.to(device), dataset.labels.to(device) if dataset.labels is not None else None,
+                         tcfg.batch_size, tcfg.grad_accum, accelerator.process_index, accelerator.num_processes,
+                         tcfg.seed, Augment(**cfg.data.augment.model_dump()), tcfg.channels_last, spec, meta)
+        if data.steps_per_epoch == 0:
+            raise UserError(f"The dataset has {n} images, fewer than one global batch ({tcfg.batch_size} x "
+                            f"{tcfg.grad_accum} accumulation x {accelerator.num_processes} processes). Lower train.batch_size.")
+        return data
+
+    @classmethod
+    def spec_from_meta(cls, data_meta: dict) -> DataSpec:
+        return DataSpec(data_meta["height"], data_meta["width"], data_meta["channels"], len(data_meta.get("classes") or []))
+
+    @classmethod
+    def sample(cls, net, spec, n, labels, rng, device) -> torch.Tensor:
+        """n samples as float NCHW in [-1, 1] from the exported network."""
+        raise NotImplementedError
+
+    @classmethod
+    def write_samples(cls, net, data, path, seed, accelerator) -> Path:
+        """A grid from fixed noise: 8 x 8, or one row per class for conditional models."""
+        from genforge.visual import save_grid
+
+        num_classes = getattr(net, "num_classes", 0)
+        if num_classes:
+            per_row = 8 if num_classes <= 16 else 1
+            labels = torch.arange(num_classes).repeat_interleave(per_row)[:160]
+            n, nrow = len(labels), per_row
+        else:
+            labels, n, nrow = None, 64, 8
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), accelerator.autocast():
+            x = cls.sample(net, data.spec, n, labels, torch.Generator().manual_seed(seed), accelerator.device)
+        net.train(was_training)
+        out = Path(path).with_suffix(".png")
+        save_grid(from_model_range(x.float()).cpu().numpy(), out, nrow, scale=2)
+        return out

@@ -1,0 +1,275 @@
+"""Language-model training objective: next-token cross-entropy for GPT, LSTM and GRU models.
+
+Data: a text or code corpus (`data.dataset`), split into a training part and the last
+`data.val_fraction` for validation. A tokenizer (`data.tokenizer`: char, byte or bpe) is learnt from the
+training part on rank 0 at the start of a fresh run and saved as `tokenizer.json` in the run directory;
+a resumed run (and every other rank) reads it from there. Token ids live in memory on the training
+device; each micro-batch is `batch_size` random windows of `block_size + 1` tokens (nanoGPT style), drawn
+with the step's generator, so resume is exact.
+
+Optimisation: AdamW with weight decay on matrices only, linear warm-up then cosine decay to
+`min_lr_ratio * lr` (a LambdaLR the loop checkpoints), gradient clipping, gradient accumulation with
+`no_sync`, mixed precision from the loop. No EMA. The in-training evaluation (train.eval_every) is the
+mean loss over a fixed set of non-overlapping validation windows; lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from genforge.data.text import load_text_corpus
+from genforge.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from genforge.errors import UserError
+from genforge.methods.base import Method, MethodConfig
+from genforge.models.gpt import GPT, GPTConfig
+from genforge.models.rnn_lm import RNNLM, RNNConfig
+from genforge.models.sampling import generate_ids
+
+TOKENIZER_FILE = "tokenizer.json"
+SAMPLE_TOKENS = 300  # tokens per sample file written during training
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """What a language model needs to know about the data to size its networks."""
+
+    vocab_size: int
+
+
+class LMConfig(MethodConfig):
+    architecture: Literal["gpt", "lstm", "gru"] = "gpt"
+    block_size: int = Field(128, ge=1, description="tokens of context (GPT) / of each training window (all)")
+    n_layer: int = Field(4, ge=1, description="Transformer blocks (gpt) or stacked RNN layers (lstm, gru)")
+    n_head: int = Field(4, ge=1, description="gpt: attention heads")
+    n_embd: int = Field(128, ge=1, description="gpt: width of the residual stream")
+    bias: bool = Field(True, description="gpt: biases in Linear and LayerNorm layers")
+    hidden: int = Field(256, ge=1, description="lstm/gru: hidden size (also the embedding size; tied weights)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay of weight matrices and embeddings (not biases, norms)")
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = off")
+    warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at this fraction of train.lr")
+    decay_steps: int | None = Field(None, ge=1, description="step where the cosine reaches its floor; None = the "
+                                                            "run's length (extending a run then stretches the schedule)")
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up, then a
+    cosine from 1 down to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if step >= total:
+        return min_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The training text and the held-out validation text (the last `val_fraction`, as nanoGPT does)."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+def val_windows(val_ids: torch.Tensor, block: int, max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping (input, target) windows over the validation ids, at most `max_windows`; one shorter
+    window when the validation text is shorter than a block."""
+    n = min((len(val_ids) - 1) // block, max_windows)
+    if n == 0:
+        if len(val_ids) < 2:
+            return val_ids.new_zeros(0, 1), val_ids.new_zeros(0, 1)
+        return val_ids[None, :-1], val_ids[None, 1:]
+    starts = torch.arange(n) * block
+    offsets = starts[:, None] + torch.arange(block + 1)
+    w = val_ids[offsets.to(val_ids.device)]
+    return w[:, :-1], w[:, 1:]
+
+
+class TextData:
+    """Token ids of the training and validation text, on the training device."""
+
+    unit = "tokens"
+
+    def __init__(self, tokenizer: Tokenizer, train_ids: torch.Tensor, val_ids: torch.Tensor, block: int, batch: int,
+                 accum: int, world: int, max_val_windows: int, meta: dict):
+        self.tokenizer, self.train_ids, self.val_ids = tokenizer, train_ids, val_ids
+        self.block, self.batch, self.accum = block, batch, accum
+        self.spec = TextSpec(tokenizer.vocab_size)
+        self.meta = meta
+        self.items_per_step = batch * block * accum * world
+        self.steps_per_epoch = max(1, len(train_ids) // self.items_per_step)
+        self.val_x, self.val_y = val_windows(val_ids, block, max_val_windows)
+
+    def micro_batches(self, step: int, rng: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(inputs, targets)] of shape (batch, block) for each accumulation micro-batch: random windows."""
+        n_starts = len(self.train_ids) - self.block
+        span = torch.arange(self.block + 1)
+        out = []
+        for _ in range(self.accum):
+            starts = torch.randint(n_starts, (self.batch,), generator=rng)
+            w = self.train_ids[(starts[:, None] + span).to(self.train_ids.device, non_blocking=True)]
+            out.append((w[:, :-1], w[:, 1:]))
+        return out
+
+    def sample_prompt(self) -> list[int]:
+        """A newline where the vocabulary has one (nanoGPT's default start), else the first training token."""
+        ids = self.tokenizer.encode("\n")
+        if ids and getattr(self.tokenizer, "unk_id", None) not in ids:
+            return ids
+        return self.train_ids[:1].tolist()
+
+
+class LMMethod(Method):
+    family = "lm"
+    Config = LMConfig
+    modality = "text"
+    exported = "model"
+    uses_ema = False
+    self_evaluates = True
+
+    @classmethod
+    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> TextData:
+        d, tcfg, mcfg = cfg.data, cfg.train, LMConfig.model_validate(cfg.model)
+        if d.vocab_size is not None and d.tokenizer != "bpe":
+            raise UserError(f"data.vocab_size applies to the bpe tokenizer only; this run uses data.tokenizer={d.tokenizer}. "
+                            "Fix: drop data.vocab_size, or set data.tokenizer=bpe.")
+        run_dir = Path(run_dir)
+        tok_path = run_dir / TOKENIZER_FILE
+        with accelerator.main_process_first():  # rank 0 learns and saves the tokenizer; the others read it
+            corpus = load_text_corpus(d.dataset, data_dir)
+            train_text, val_text = split_text(corpus.text, d.val_fraction)
+            if resume or not accelerator.is_main_process:
+                tokenizer = load_tokenizer(tok_path)
+            else:
+                tokenizer = train_tokenizer(d.tokenizer, train_text, d.vocab_size)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                tmp = tok_path.with_name(f".{TOKENIZER_FILE}.tmp")
+                tokenizer.save(tmp)
+                tmp.replace(tok_path)
+        device = accelerator.device
+        train_ids = tokenizer.encode_tensor(train_text).to(device)
+        val_ids = tokenizer.encode_tensor(val_text).to(device)
+        if len(train_ids) <= mcfg.block_size + 1:
+            raise UserError(f"The training text has {len(train_ids)} tokens, not more than model.block_size "
+                            f"({mcfg.block_size}) + 1. Fix: lower model.block_size or use a larger corpus.")
+        if tcfg.eval_every and len(val_ids) < 2:
+            raise UserError(f"The validation text has {len(val_ids)} tokens: nothing to evaluate. "
+                            "Fix: raise data.val_fraction (e.g. 0.1), or drop train.eval_every.")
+        meta = {"dataset": d.dataset, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                "unit": tokenizer.unit, "val_fraction": d.val_fraction,
+                "train_tokens": len(train_ids), "val_tokens": len(val_ids), "corpus": corpus.report}
+        return TextData(tokenizer, train_ids, val_ids, mcfg.block_size, tcfg.batch_size, tcfg.grad_accum,
+                        accelerator.num_processes, tcfg.eval_samples, meta)
+
+    @classmethod
+    def spec_from_meta(cls, data_meta: dict) -> TextSpec:
+        return TextSpec(int(data_meta["vocab_size"]))
+
+    @classmethod
+    def build_exported(cls, cfg: LMConfig, spec: TextSpec) -> torch.nn.Module:
+        if cfg.architecture == "gpt":
+            return GPT(GPTConfig(vocab_size=spec.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                                 n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+        return RNNLM(RNNConfig(vocab_size=spec.vocab_size, cell=cfg.architecture, n_layer=cfg.n_layer,
+                               hidden=cfg.hidden, dropout=cfg.dropout))
+
+    def setup(self, train_cfg) -> None:
+        cfg = self.cfg
+        net = self.build_exported(cfg, self.spec)
+        opt = torch.optim.AdamW(net.optim_groups(cfg.weight_decay), lr=train_cfg.lr,
+                                betas=(train_cfg.beta1, train_cfg.beta2), fused=True)
+        total = cfg.decay_steps or self.total_steps or 1
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio))
+        self.networks, self.optimizers, self.schedulers = {"model": net}, {"model": opt}, {"model": schedule}
+
+    def training_step(self, accelerator, micro_batches, rng):
+        net, opt = self.networks["model"], self.optimizers["model"]
+        # Dropout draws from the global generator: seed it from the step's generator, so the masks are a
+        # function of (seed, step, rank) like every other random choice.
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+        k = len(micro_batches)
+        losses = []
+        for i, (x, y) in enumerate(micro_batches):
+            with accelerator.no_sync(net) if i < k - 1 else nullcontext():  # all-reduce on the last only
+                loss = net(x, y)[1]
+                accelerator.backward(loss / k)
+            losses.append(loss.detach())
+        if self.cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+        opt.step()
+        self.schedulers["model"].step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": torch.stack(losses).mean().float()}
+
+    @classmethod
+    def write_samples(cls, net, data: TextData, path, seed, accelerator) -> Path:
+        prompt = data.sample_prompt()
+        ids = generate_ids(net, [prompt], SAMPLE_TOKENS, temperature=0.8,
+                           generator=torch.Generator().manual_seed(seed))[0]
+        out = Path(path).with_suffix(".txt")
+        out.write_text(data.tokenizer.decode(prompt + ids), encoding="utf-8")
+        return out
+
+    @classmethod
+    def validation_score(cls, net, data: TextData, accelerator) -> dict[str, float]:
+        loss = mean_loss(net, data.val_x, data.val_y, data.batch, accelerator.autocast)
+        return {"eval_score": loss, "val_loss": loss}
+
+
+@torch.no_grad()
+def mean_loss(net, x: torch.Tensor, y: torch.Tensor, batch_size: int, autocast=nullcontext) -> float:
+    """Mean next-token cross-entropy (nats) of `net` over windows (x, y), in eval mode."""
+    if len(x) == 0:
+        return float("nan")
+    was_training = net.training
+    net.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    try:
+        for i in range(0, len(x), batch_size):
+            with autocast():
+                loss = net(x[i:i + batch_size], y[i:i + batch_size])[1]
+            total += loss.double() * y[i:i + batch_size].numel()
+    finally:
+        net.train(was_training)
+    return float(total / y.numel())
+
+
+@torch.no_grad()
+def text_metrics(model, data_dir=None, max_windows: int | None = None, batch_size: int = 32) -> dict:
+    """Validation loss, perplexity and bits per character/byte of a loaded text model (`genforge.load(run)`).
+
+    Uses the run's own held-out text (the last `val_fraction` of its corpus, re-read from `data_dir`),
+    its tokenizer, and non-overlapping windows of `block_size` tokens. Bits per unit divide the summed
+    negative log-likelihood (in bits) by the characters (char tokenizer) or UTF-8 bytes (byte, bpe) the
+    target tokens stand for, so models with different tokenizers compare.
+    """
+    import torch.nn.functional as F
+
+    data, net, tok = model.meta["data"], model.net, model.tokenizer
+    block = model.meta["model"]["block_size"]
+    _, val_text = split_text(load_text_corpus(data["dataset"], data_dir).text, data["val_fraction"])
+    device = next(net.parameters()).device
+    x, y = val_windows(tok.encode_tensor(val_text).to(device), block, max_windows or 10**9)
+    if len(x) == 0:
+        raise UserError(f"The run's validation text is empty (val_fraction={data['val_fraction']}); nothing to score.")
+    units = torch.tensor(tok.units_per_token(), dtype=torch.float64, device=device)
+    was_training = net.training
+    net.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for i in range(0, len(x), batch_size):
+            logits = net(x[i:i + batch_size])[0].float()
+            nll += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].flatten(), reduction="sum").double()
+    finally:
+        net.train(was_training)
+    tokens, n_units = y.numel(), float(units[y].sum())
+    loss = float(nll) / tokens
+    return {"val_loss": loss, "perplexity": math.exp(loss), f"bits_per_{tok.unit}": float(nll) / math.log(2) / n_units,
+            "tokens": tokens, f"{tok.unit}s": int(n_units), "tokenizer": tok.kind}

@@ -1,0 +1,177 @@
+"""Language models through the one training loop, the artifact, `genforge.load` and the CLI.
+
+Everything runs a tiny GPT (2 layers, 32 wide, block 32) on 20k characters of Shakespeare copied to a
+temporary text file, so each training run takes a second or two on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import genforge
+from genforge.artifacts import TextGenerator
+from genforge.data.text import load_text_corpus
+from genforge.errors import UserError
+from genforge.methods.lm import lr_factor
+from genforge.training import train, validate
+from genforge.training.checkpoint import latest_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(load_text_corpus("shakespeare").text[:20_000], encoding="utf-8")
+    return path
+
+
+def lm_raw(text_file, model=None, **train_cfg):
+    return {
+        "name": "tiny-lm",
+        "description": "tiny test GPT",
+        "family": "lm",
+        "data": {"dataset": f"text:{text_file}", "tokenizer": "char"},
+        "model": {"architecture": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32,
+                  "warmup_steps": 5, **(model or {})},
+        "train": {"batch_size": 8, "max_steps": 40, "lr": 3e-3, "beta1": 0.9, "beta2": 0.99, "mixed_precision": "no",
+                  "ema_decay": 0, "log_every": 10, "eval_every": 20, "eval_samples": 100, "checkpoint_every": 20,
+                  "sample_every": 1000, "seed": 1, **train_cfg},
+    }
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "genforge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def run(text_file, tmp_path_factory):
+    """A run trained through the CLI, as a user would."""
+    root = tmp_path_factory.mktemp("lm")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(lm_raw(text_file)))
+    p = run_cli("train", cfg, "--out", root / "run", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "tokens/s" in p.stderr
+    return root / "run"
+
+
+def test_training_writes_the_text_artifact_and_loss_drops(run):
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "model-best.safetensors", "samples/final.txt"]:
+        assert (run / name).exists(), name
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["family"] == "lm" and meta["model"]["architecture"] == "gpt"
+    assert meta["data"]["tokenizer"] == "char" and meta["data"]["vocab_size"] == json.loads(
+        (run / "tokenizer.json").read_text())["chars"].__len__() + 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] - 0.3  # 40 steps: from ~ln(vocab) well towards the unigram entropy
+    vals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in vals] == [20, 40] and vals[-1]["val_loss"] < vals[0]["val_loss"]
+    assert all(r["tokens_per_sec"] > 0 for r in records if "tokens_per_sec" in r)
+    assert meta["best"]["step"] == 40
+    assert (run / "samples" / "final.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_continues_exactly(text_file, tmp_path, accum):
+    # dropout on, a warm-up shorter than the run: dropout masks and the LR schedule must resume exactly too
+    # (decay_steps pins the cosine's length, which otherwise follows max_steps)
+    model = {"dropout": 0.1, "warmup_steps": 2, "decay_steps": 6}
+    common = dict(checkpoint_every=100, eval_every=None, grad_accum=accum, log_every=1)
+    full = train(validate(lm_raw(text_file, model, max_steps=6, **common)), tmp_path / "full", progress=False).run_dir
+    part = tmp_path / "part"
+    train(validate(lm_raw(text_file, model, max_steps=3, **common)), part, progress=False)
+    train(validate(lm_raw(text_file, model, max_steps=6, **common)), part, resume=True, progress=False)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (part / "tokenizer.json").read_text() == (full / "tokenizer.json").read_text()
+    la = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line)["loss"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+    assert latest_checkpoint(part).name == "step-00000006"
+
+
+def test_load_generates_text(run):
+    model = genforge.load(run)
+    assert isinstance(model, TextGenerator) and model.weights_file == "model-best.safetensors"
+    text = model.generate("ROMEO:", max_new_tokens=40, seed=3)
+    assert isinstance(text, str) and 0 < len(text) <= 40  # char tokens: one character each
+    assert model.generate("ROMEO:", max_new_tokens=40, seed=3) == text
+    texts = model.generate(["ROMEO:", "JULIET:"], max_new_tokens=20, seed=3, top_k=5, top_p=0.9)
+    assert isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert "".join(model.stream("ROMEO:", max_new_tokens=40, seed=3)) == text
+    # characters outside the vocabulary and a prompt longer than the block: no error
+    assert isinstance(model.generate("🦊 ∑ " + "To be or not to be " * 10, max_new_tokens=50, seed=0), str)
+    with pytest.raises(UserError, match="temperature"):
+        model.generate("x", temperature=-1)
+
+
+def test_greedy_is_deterministic_and_cache_matches_recompute(run):
+    model = genforge.load(run, select="last")
+    model.net.double()  # the two paths add in different orders; float64 keeps argmax from flipping on a tie
+    cached = model.generate("ROMEO:", max_new_tokens=60, temperature=0)  # past the block of 32: the window slides
+    assert cached == model.generate("ROMEO:", max_new_tokens=60, temperature=0, seed=123)
+    assert cached == model.generate("ROMEO:", max_new_tokens=60, temperature=0, use_cache=False)
+    assert len(cached) == 60
+
+
+def test_stop_strings_end_generation(run):
+    model = genforge.load(run)
+    full = model.generate("ROMEO:", max_new_tokens=60, temperature=0)
+    stop = full[20:22]
+    expected = full[:full.find(stop)]
+    assert model.generate("ROMEO:", max_new_tokens=60, temperature=0, stop=[stop]) == expected
+    assert "".join(model.stream("ROMEO:", max_new_tokens=60, temperature=0, stop=[stop, "never appears"])) == expected
+    assert model.generate(["ROMEO:"], max_new_tokens=60, temperature=0, stop=stop) == [expected]
+
+
+def test_cli_sample_prints_text(run):
+    p = run_cli("sample", run, "--prompt", "ROMEO:", "--max-new-tokens", 30, "--seed", 7, "--top-k", 10)
+    assert p.returncode == 0, p.stderr
+    expected = "ROMEO:" + genforge.load(run).generate("ROMEO:", max_new_tokens=30, seed=7, top_k=10) + "\n"
+    assert p.stdout == expected
+    p = run_cli("sample", run, "--prompt", "A", "--max-new-tokens", 10, "--n", 2, "--seed", 1)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("--- sample") == 2
+
+
+def test_cli_image_option_on_text_run_is_one_clear_line(run):
+    p = run_cli("sample", run, "--label", "3")
+    assert p.returncode == 2
+    assert "--label applies to image models" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 2  # one line (wrapped at most once by a narrow terminal)
+
+
+def test_bad_text_config_is_a_user_error(text_file, tmp_path):
+    with pytest.raises(UserError, match="block_size"):
+        train(validate(lm_raw(text_file, {"block_size": 50_000})), tmp_path / "a", progress=False)
+    with pytest.raises(UserError, match="vocab_size applies to the bpe"):
+        raw = lm_raw(text_file)
+        raw["data"]["vocab_size"] = 512
+        train(validate(raw), tmp_path / "b", progress=False)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, warmup=10, total=110, min_ratio=0.1) for s in range(0, 120)]
+    assert f[0] < f[5] < f[9] < 1.0 and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
