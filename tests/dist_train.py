@@ -43,3 +43,6 @@ for name, net in method.networks.items():
         state[f"{name}.{k}"] = v.detach().cpu().contiguous()
 save_file(state, str(report_dir / f"rank{rank}.safetensors"))
 (report_dir / f"rank{rank}.json").write_text(json.dumps({"writes": writes, "step": result.step}))
+from genforge.cli import _leave_distributed  # noqa: E402
+
+_leave_distributed()

@@ -58,6 +58,8 @@ def test_resume_to_more_steps(trained, tmp_path):
     (["train", "quickstart", "--out", "RUN", "--dataset", "mnist", "--data-dir", "EMPTY", "--max-steps", "1"], "train-images-idx3-ubyte"),
     (["sample", "NOPE", "--n", "2", "--out", "x.png"], "Run directory not found"),
     (["sample", "RUNDIR", "--n", "2", "--out", "x.gif"], ".png"),
+    (["sample", "RUNDIR", "--n", "2"], "--out is required"),
+    (["sample", "RUNDIR", "--out", "x.png", "--prompt", "hi"], "--prompt applies to text models"),
     (["data", "info", "nosuch"], "nosuch"),
 ])
 def test_user_mistakes_are_one_clear_line(trained, tmp_path, args, needle):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,6 +23,19 @@ data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
+
+
+def _leave_distributed() -> None:
+    """End a process of a distributed run (`accelerate launch`) without C++ teardown.
+
+    With torch 2.13 + gloo on CPU, a rank sometimes aborts at interpreter exit ("terminate called
+    without an active exception") after all its work is done and the process group is gone, which
+    turns a good run into a failed launch. Everything is written by now, so the process leaves directly.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def user_errors(fn):
@@ -43,7 +57,7 @@ def user_errors(fn):
 def train(
     preset: str = typer.Argument(..., help="Preset name (see `genforge presets`) or path to a YAML config."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory: config, weights, samples, checkpoints go here."),
-    dataset: Optional[str] = typer.Option(None, help="Train the preset's recipe on another dataset: mnist, fashion-mnist, cifar10, mnist-mini, folder:PATH."),
+    dataset: Optional[str] = typer.Option(None, help="Train the preset's recipe on another dataset: mnist, fashion-mnist, cifar10, mnist-mini, folder:PATH; for text: shakespeare, python-stdlib, text:PATH, code:PATH."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the data."),
     max_steps: Optional[int] = typer.Option(None, help="Train until this optimizer step (a resumed run continues up to it)."),
@@ -76,35 +90,67 @@ def train(
         overrides.append(f"train.seed={seed}")
     family = raw.get("family", "gan")
     cfg = validate(apply_overrides(raw, overrides, get_method(family).Config))
-    if resume and (cfg.model != saved.get("model") or cfg.data.model_dump() != saved.get("data")):
+    if resume and (cfg.model != saved.get("model") or cfg.data != validate(saved).data):
         raise UserError("--resume keeps the run's model and data; drop the --set/--dataset options that change them.")
-    result = run_training(cfg, out_dir, data_dir=data_dir, resume=resume, progress=not no_progress)
-    if result.step and result.images_per_second:
-        err.print(f"trained to step {result.step} at {result.images_per_second:,.0f} images/s; run in {out_dir}")
-    out.print(f"{out_dir}")
+    evaluate = None
+    if cfg.train.eval_every and not get_method(cfg.family).self_evaluates:  # language models score themselves
+        from genforge.evaluation import TrainingFID
+
+        evaluate = TrainingFID(cfg.data.dataset, data_dir, n=cfg.train.eval_samples, seed=cfg.train.seed,
+                               progress=not no_progress)
+    result = run_training(cfg, out_dir, data_dir=data_dir, resume=resume, progress=not no_progress, evaluate=evaluate)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result.step and result.items_per_second:
+            err.print(f"trained to step {result.step} at {result.items_per_second:,.0f} {result.unit}/s; run in {out_dir}")
+        out.print(f"{out_dir}")
+    _leave_distributed()
 
 
 @app.command()
 @user_errors
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
-    n: int = typer.Option(64, "--n", help="How many images."),
-    out_arg: str = typer.Option(..., "--out", help="x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each."),
-    label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional models only."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64) or texts (default 1)."),
+    out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Text: a file to write instead of printing."),
+    label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image models only."),
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible samples."),
     nrow: Optional[int] = typer.Option(None, help="Images per grid row (default: square grid)."),
+    select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score (FID, validation loss); last: the final weights. Default: best when the run kept one."),
+    prompt: Optional[str] = typer.Option(None, help="Text models: the text to continue (default: a newline)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Text models: tokens to generate (default 500)."),
+    temperature: Optional[float] = typer.Option(None, help="Text models: sampling temperature, 0 = greedy (default 0.8)."),
+    top_k: Optional[int] = typer.Option(None, help="Text models: sample from the k most likely tokens only."),
+    top_p: Optional[float] = typer.Option(None, help="Text models: nucleus sampling, keep the most likely tokens up to this probability."),
+    stop: List[str] = typer.Option([], "--stop", help="Text models: end a text at this string, left out (repeatable)."),
 ):
-    """Generate images from a trained run."""
+    """Generate images or text from a trained run."""
     import numpy as np
 
     from genforge import load
+    from genforge.artifacts import TextGenerator
     from genforge.visual import save_grid, to_pil
 
+    model = load(run_dir, select=select)
+    text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
+                 "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
+    if isinstance(model, TextGenerator):
+        misused = [name for name, v in {"--label": label, "--nrow": nrow}.items() if v is not None]
+        if misused:
+            raise UserError(f"{', '.join(misused)} applies to image models; {run_dir} is a text model. "
+                            "Use --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --stop.")
+        _sample_text(model, n or 1, out_arg, prompt if prompt is not None else "\n", max_new_tokens or 500,
+                     0.8 if temperature is None else temperature, top_k, top_p, seed, stop)
+        return
+    misused = [name for name, v in text_opts.items() if v is not None]
+    if misused:
+        raise UserError(f"{', '.join(misused)} applies to text models; {run_dir} is an image model.")
+    if out_arg is None:
+        raise UserError("--out is required for an image model: x.png (grid), x.npy (array) or a folder/ (one PNG each).")
+    n = 64 if n is None else n
     out_path = Path(out_arg)  # kept as text first: Path() drops the trailing slash that means "a folder"
     as_dir = out_arg.endswith(("/", "\\")) or out_path.is_dir()
     if not as_dir and out_path.suffix.lower() not in (".png", ".npy"):
         raise UserError(f"--out must end in .png (grid), .npy (array) or / (one PNG per sample); got '{out_path}'.")
-    model = load(run_dir)
     images = model.generate(n, seed=seed, labels=label)
     if as_dir:
         out_path.mkdir(parents=True, exist_ok=True)
@@ -118,6 +164,29 @@ def sample(
     else:
         save_grid(images, out_path, nrow)
         out.print(f"wrote {out_path} ({len(images)} images)")
+
+
+def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop) -> None:
+    """Print (one text: streamed as it is generated) or write `n` continuations of `prompt`, prompt included."""
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}.")
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  stop=stop)
+    if n == 1 and out_arg is None:
+        sys.stdout.write(prompt)
+        for piece in model.stream(prompt, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    texts = [prompt + t for t in model.generate([prompt] * n, **kwargs)]
+    joined = "".join(f"--- sample {i + 1} of {n} ---\n{t}\n" for i, t in enumerate(texts)) if n > 1 else texts[0]
+    if out_arg is None:
+        sys.stdout.write(joined)
+        return
+    Path(out_arg).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_arg).write_text(joined, encoding="utf-8")
+    out.print(f"wrote {out_arg} ({n} text{'s' if n > 1 else ''})", highlight=False)
 
 
 @app.command()
@@ -160,6 +229,69 @@ def data_info(
         out.print(table)
     if info.get("report"):
         out.print(f"  cleaning: {info['report']}")
+
+
+evaluator_app = typer.Typer(help="Evaluator networks (classifiers trained on real data) used by `genforge eval`.",
+                            no_args_is_help=True)
+app.add_typer(evaluator_app, name="evaluator")
+
+
+@app.command("eval")
+@user_errors
+def eval_run(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
+    n: int = typer.Option(10_000, "--n", help="How many samples to generate and score."),
+    reference: str = typer.Option("test", help="Real split to compare with: test (held out) or train."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data); evaluators are cached in its evaluators/ folder."),
+    seed: int = typer.Option(0, help="Seed for the samples and the metrics' random subsets; the same seed repeats the result."),
+    batch_size: int = typer.Option(500, help="Images per generation / feature batch."),
+    inception_weights: Optional[Path] = typer.Option(None, help="Also compute the standard Inception-v3 FID/KID/IS from this weights file (weights-inception-2015-12-05-6726825d.pth; needs torch-fidelity, the 'inception' extra)."),
+    select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score; last: the final weights. Default: best when the run kept one."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+):
+    """Score a run's samples against real data (FID, KID, IS, precision/recall, memorization ...); writes eval.json."""
+    from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
+                          inception_weights=inception_weights, select=select, progress=not no_progress)
+    ev = report["evaluator"]
+    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['n']} samples vs real {ev['dataset']} "
+              f"{report['reference']} split; "
+              f"evaluator {ev['id']} (test accuracy {ev['test_accuracy']:.2%}), seed {report['seed']}")
+    table = Table("metric", "value", "better", box=None)
+    for name, value in report["metrics"].items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO[name][1])
+    if "inception" in report:
+        for name in ("fid", "kid", "is"):
+            table.add_row(f"inception {name}", f"{report['inception'][name]:.4g}", METRIC_INFO[name][1])
+    out.print(table)
+    counts = report["details"]["class_counts"]
+    out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
+    out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
+
+
+@evaluator_app.command("train")
+@user_errors
+def evaluator_train(
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist or cifar10."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
+    epochs: Optional[float] = typer.Option(None, help="Override the recipe's epochs (the id changes with the weights)."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a cached evaluator exists."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+):
+    """Train (with a fixed seed) and cache the evaluator for a dataset; prints its test accuracy."""
+    from genforge.evaluation import evaluator_domain, evaluators_root, train_evaluator
+
+    domain, _ = evaluator_domain(dataset)
+    cached = not force and (evaluators_root(data_dir) / f"{domain}-v1" / "model.safetensors").exists()
+    ev = train_evaluator(dataset, data_dir, epochs=epochs, force=force, progress=not no_progress)
+    t = ev.config["training"]
+    out.print(f"{ev.id}: test accuracy {ev.test_accuracy:.2%} ({t['epochs_done']} epochs, {t['seconds']} s on "
+              f"{t['device']}, {t['precision']}) in {ev.directory}", highlight=False)
+    if cached:
+        out.print("already trained (cached); --force trains it again")
 
 
 def main() -> None:
