@@ -1,17 +1,13 @@
-"""Training speed and sample quality of `mnist-dcgan` / `mnist-cgan` against a plain eager PyTorch loop.
+"""Training speed of `mnist-dcgan` against a plain eager PyTorch loop of the same networks.
 
-    python benchmarks/train_speed.py --data-dir ../shared/data             # speed only (~2 min on 2 cores)
-    python benchmarks/train_speed.py --data-dir ../shared/data --quality   # + 5-epoch runs, grids, classifier checks
+    python benchmarks/train_speed.py --data-dir ../shared/data     # ~2 min on 2 idle CPU cores
 
-Speed: the reference is what a user writes by hand — the same genforge DCGAN networks, batch 64,
-Adam(2e-4, beta1 0.5), fp32, a DataLoader over a TensorDataset, default memory format — and genforge
-is the `mnist-dcgan` preset through the real training loop (Accelerate, EMA, logging). Each runs in its
-own process so peak memory (max RSS) is its own. Throughput is steady state: warm-up steps excluded.
-
-Quality: 5 epochs of full MNIST each for mnist-dcgan (bf16 and fp32) and mnist-cgan; a small CNN
-classifier trained here on MNIST judges the samples: conditional accuracy (share classified as the
-requested digit), and for unconditional runs a classifier-feature Frechet distance (torchmetrics FID
-with the classifier as its feature extractor) and class coverage.
+The reference is what a user writes by hand: the preset's own DCGAN networks, batch 64, Adam(2e-4,
+beta1 0.5), fp32, a DataLoader over a TensorDataset, default memory format. genforge is the
+`mnist-dcgan` preset through the real training loop (Accelerate, EMA, logging), in fp32 and with the
+preset's `mixed_precision: auto`. Each runs in its own process so peak memory (max RSS) is its own;
+throughput is steady state, warm-up steps excluded. Also reported: FLOPs per training image, this
+machine's matrix-product peaks, and the share of them reached. Sample quality: benchmarks/quality.py.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -145,134 +140,11 @@ def run_child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# --------------------------------------------------------------------------------------- quality
-class Classifier(nn.Module):
-    """Small MNIST CNN (~99% test accuracy after 2 epochs); its 128-d penultimate layer gives features."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
-        )
-        self.head = nn.Linear(128, 10)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
-class ClassifierFeatures(nn.Module):
-    """torchmetrics FID `feature` module: uint8 images (any size / channels) -> 128-d classifier features."""
-
-    def __init__(self, clf: Classifier):
-        super().__init__()
-        self.clf = clf.eval()
-
-    def forward(self, x):
-        x = x.float() / 127.5 - 1
-        if x.shape[1] == 3:
-            x = x.mean(1, keepdim=True)
-        if x.shape[-1] != 28:
-            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
-        with torch.no_grad():
-            return self.clf.body(x)
-
-
-def u8_to_input(images_nhwc: torch.Tensor) -> torch.Tensor:
-    return images_nhwc.permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
-def train_classifier(data_dir: str) -> tuple[Classifier, float]:
-    from genforge.data import load_image_dataset
-
-    torch.manual_seed(0)
-    tr, te = load_image_dataset("mnist", data_dir, "train"), load_image_dataset("mnist", data_dir, "test")
-    clf = Classifier()
-    opt = torch.optim.Adam(clf.parameters(), 1e-3)
-    x, y = u8_to_input(tr.images), tr.labels
-    for epoch in range(2):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x) - 127, 128):
-            idx = perm[i : i + 128]
-            loss = F.cross_entropy(clf(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    clf.eval()
-    with torch.no_grad():
-        pred = torch.cat([clf(u8_to_input(te.images[i : i + 1000])).argmax(1) for i in range(0, len(te.images), 1000)])
-    return clf, float((pred == te.labels).float().mean())
-
-
-def judge(clf: Classifier, images: torch.Tensor, labels: torch.Tensor | None, real: torch.Tensor) -> dict:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    with torch.no_grad():
-        pred = torch.cat([clf(u8_to_input(images[i : i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
-    counts = torch.bincount(pred, minlength=10)
-    out = {"n": len(images), "class_counts": counts.tolist(), "classes_hit": int((counts > 0).sum())}
-    if labels is not None:
-        out["conditional_accuracy"] = float((pred == labels).float().mean())
-    fid = FrechetInceptionDistance(feature=ClassifierFeatures(clf), reset_real_features=False)
-    for i in range(0, len(real), 1000):
-        fid.update(real[i : i + 1000].permute(0, 3, 1, 2), real=True)
-    for i in range(0, len(images), 1000):
-        fid.update(images[i : i + 1000].permute(0, 3, 1, 2), real=False)
-    out["classifier_fid"] = float(fid.compute())
-    return out
-
-
-def quality(data_dir: str, epochs: float, work: Path) -> dict:
-    import numpy as np
-
-    import genforge
-    from genforge.data import load_image_dataset
-    from genforge.methods import get_method
-    from genforge.training import apply_overrides, read_raw, train, validate
-    from genforge.visual import save_grid
-
-    t = time.perf_counter()
-    clf, clf_acc = train_classifier(data_dir)
-    results: dict = {"classifier_test_accuracy": clf_acc, "classifier_train_seconds": round(time.perf_counter() - t, 1)}
-    real_test = load_image_dataset("mnist", data_dir, "test").images
-    # a real-vs-real floor for the classifier FID: test set against 10k training images
-    results["real_train_vs_test"] = judge(clf, load_image_dataset("mnist", data_dir, "train").images[:10000], None, real_test)
-    runs = [("mnist-dcgan", "auto", "mnist-dcgan-5ep"), ("mnist-dcgan", "no", "mnist-dcgan-5ep-fp32"),
-            ("mnist-cgan", "auto", "mnist-cgan-5ep")]
-    for preset, precision, tag in runs:
-        run = work / tag
-        shutil.rmtree(run, ignore_errors=True)
-        raw = apply_overrides(read_raw(preset), [f"train.epochs={epochs}", f"train.mixed_precision={precision}",
-                                                 "train.log_every=50"], get_method("gan").Config)
-        t = time.perf_counter()
-        res = train(validate(raw), run, data_dir=data_dir, progress=False)
-        seconds = time.perf_counter() - t
-        model = genforge.load(run)
-        labels = torch.arange(10000) % 10 if model.conditional else None
-        images = torch.from_numpy(model.generate(10000, seed=123, labels=labels.tolist() if labels is not None else None))
-        entry = {"preset": preset, "precision": precision, "epochs": epochs, "steps": res.step,
-                 "train_seconds": round(seconds, 1), "images_per_sec": round(res.images_per_second, 1),
-                 **judge(clf, images, labels, real_test)}
-        if model.conditional:  # one requested digit per row
-            grid = model.generate(100, seed=7, labels=[d for d in range(10) for _ in range(10)])
-            save_grid(grid, HERE / f"{tag}.png", nrow=10, scale=2)
-        else:
-            save_grid(np.asarray(model.generate(100, seed=7)), HERE / f"{tag}.png", nrow=10, scale=2)
-        shutil.copy(run / "loss.png", HERE / f"{tag}-loss.png")
-        results[tag] = entry
-        print(json.dumps({tag: entry}), flush=True)
-    return results
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("GENFORGE_DATA", str(HERE.parent.parent / "shared" / "data")))
     p.add_argument("--steps", type=int, default=500, help="timed steps per speed run")
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--quality", action="store_true", help="also run the 5-epoch quality runs")
-    p.add_argument("--epochs", type=float, default=5)
-    p.add_argument("--work", default="/tmp/genforge-bench")
     p.add_argument("--child", choices=["reference", "genforge-auto", "genforge-fp32"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child == "reference":
@@ -304,9 +176,6 @@ def main() -> None:
         report[key]["share_of_measured_fp32_peak"] = round(achieved / report["peak_gflops_fp32"], 3)
         report[key]["share_of_measured_bf16_peak"] = round(achieved / report["peak_gflops_bf16"], 3)
         report[key]["share_of_quoted_peaks_355_2160"] = [round(achieved / 355, 3), round(achieved / 2160, 3)]
-    print(json.dumps(report, indent=2), flush=True)
-    if a.quality:
-        report["quality"] = quality(a.data_dir, a.epochs, Path(a.work))
     (HERE / "train_speed.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

@@ -30,6 +30,7 @@ class GANConfig(MethodConfig):
     g_width: int = Field(64, ge=4, description="channels of G's last hidden layer (doubling towards the input)")
     d_width: int = Field(64, ge=4, description="channels of D's first layer (doubling towards the output)")
     embed_dim: int = Field(50, ge=1, description="size of G's label embedding (conditional only)")
+    real_label: float = Field(1.0, gt=0.5, le=1.0, description="D's target for real images; 0.9 = one-sided label smoothing (Salimans et al. 2016)")
 
 
 class GANMethod(ImageMethod):
@@ -96,7 +97,7 @@ class GANMethod(ImageMethod):
                         fake = G(z, y) if cond else G(z)
                 d_real = D(x, y) if cond else D(x)
                 d_fake = D(fake.detach(), y) if cond else D(fake.detach())
-                loss_d = _bce(d_real, 1.0) + _bce(d_fake, 0.0)
+                loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
                 accelerator.backward(loss_d / k)
             losses_d.append(loss_d.detach())
         opt_d.step()
