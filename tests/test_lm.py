@@ -7,6 +7,7 @@ temporary text file, so each training run takes a second or two on one CPU threa
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -175,3 +176,13 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert f[0] < f[5] < f[9] < 1.0 and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
+
+
+def test_cli_eval_on_a_text_run_reports_perplexity(run):
+    p = run_cli("eval", run)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((run / "eval.json").read_text())
+    m = report["metrics"]
+    assert m["perplexity"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-6)
+    assert m["tokens"] > 0 and 0 < m["bits_per_char"] < 10
+    assert "perplexity" in p.stdout

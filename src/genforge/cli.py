@@ -249,11 +249,19 @@ def eval_run(
     select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score; last: the final weights. Default: best when the run kept one."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
-    """Score a run's samples against real data (FID, KID, IS, precision/recall, memorization ...); writes eval.json."""
+    """Score a run against real data; writes eval.json.
+
+    Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples. Text runs:
+    validation loss, perplexity and bits per character/byte on the run's held-out text.
+    """
+    from genforge.artifacts import read_config
     from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1.")
+    if read_config(run_dir).get("family") == "lm":
+        _eval_text(run_dir, data_dir, select, EVAL_FILE)
+        return
     report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
                           inception_weights=inception_weights, select=select, progress=not no_progress)
     ev = report["evaluator"]
@@ -270,6 +278,28 @@ def eval_run(
     counts = report["details"]["class_counts"]
     out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
+
+
+def _eval_text(run_dir: Path, data_dir: Optional[Path], select: Optional[str], eval_file: str) -> None:
+    import time
+
+    from genforge import load
+    from genforge.artifacts import atomic_write_text
+    from genforge.methods.lm import text_metrics
+
+    t = time.perf_counter()
+    model = load(run_dir, select=select)
+    metrics = text_metrics(model, data_dir)
+    report = {"run_dir": str(run_dir), "model": {"family": "lm", "weights": model.weights_file},
+              "metrics": metrics, "seconds": round(time.perf_counter() - t, 2),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(Path(run_dir) / eval_file, json.dumps(report, indent=2) + "\n")
+    out.print(f"[bold]{run_dir}[/] ({model.weights_file}): held-out text of {model.meta['data']['dataset']}")
+    table = Table("metric", "value", box=None)
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"wrote {Path(run_dir) / eval_file} ({report['seconds']:.1f} s)", highlight=False)
 
 
 @evaluator_app.command("train")
