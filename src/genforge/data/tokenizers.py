@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +29,29 @@ REPLACEMENT = "\ufffd"
 DEFAULT_BPE_VOCAB = 2048
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Common interface; subclasses fill in the vocabulary-specific parts."""
 
     kind: str
     vocab_size: int
     unit: str  # what bits-per-unit is normalised by: "char" or "byte"
 
+    @abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_json(self) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def units_per_token(self) -> list[int]:
         """How many chars (char) or UTF-8 bytes (byte, bpe) each id stands for, indexed by id."""
-        raise NotImplementedError
+        ...
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         """A whole corpus as a 1-D int64 tensor; subclasses override where a vectorised path exists."""

@@ -11,6 +11,7 @@ language models have theirs in `methods/lm.py`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -48,7 +49,7 @@ class TrainingData(Protocol):
         randomness (order, windows, augmentation) drawn from `rng`, seeded by (seed, step, rank)."""
 
 
-class Method:
+class Method(ABC):
     family: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
     modality: ClassVar[str] = "image"  # "image" or "text": which generator object `genforge.load` returns
@@ -67,29 +68,34 @@ class Method:
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}  # checkpointed by the loop
 
     @classmethod
+    @abstractmethod
     def prepare_data(cls, cfg, data_dir, run_dir: Path, resume: bool, accelerator) -> TrainingData:
         """Load the training data named by `cfg.data` onto `accelerator.device` (see TrainingData)."""
-        raise NotImplementedError
+        ...
 
     @classmethod
+    @abstractmethod
     def build_exported(cls, cfg: MethodConfig, spec) -> nn.Module:
         """The exported network alone, for loading an artifact."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def setup(self, train_cfg) -> None:
         """Create `self.networks`, `self.optimizers` (and `self.schedulers`), weights initialised under the caller's seed."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def training_step(self, accelerator, micro_batches, rng: torch.Generator) -> dict[str, torch.Tensor]:
         """One optimizer step over `micro_batches` (from `TrainingData.micro_batches`). Returns detached losses."""
-        raise NotImplementedError
+        ...
 
     @classmethod
+    @abstractmethod
     def write_samples(cls, net: nn.Module, data: TrainingData, path: Path, seed: int, accelerator) -> Path:
         """Write samples from `net` to `path` plus the method's suffix (.png grid, .txt text); same seed, same samples."""
-        raise NotImplementedError
+        ...
 
     @classmethod
     def validation_score(cls, net: nn.Module, data: TrainingData, accelerator) -> dict[str, float]:
         """In-training evaluation of self-evaluating methods: {"eval_score": x, ...}, lower is better."""
-        raise NotImplementedError
+        raise TypeError(f"{cls.__name__} does not score itself (self_evaluates is False); pass `evaluate=` to train().")

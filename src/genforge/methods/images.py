@@ -6,6 +6,7 @@ per-epoch permutation, converts it to float NCHW in [-1, 1] and augments it with
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 
 import torch
@@ -78,9 +79,9 @@ class ImageMethod(Method):
         return DataSpec(data_meta["height"], data_meta["width"], data_meta["channels"], len(data_meta.get("classes") or []))
 
     @classmethod
+    @abstractmethod
     def sample(cls, net, spec, n, labels, rng, device) -> torch.Tensor:
         """n samples as float NCHW in [-1, 1] from the exported network."""
-        raise NotImplementedError
 
     @classmethod
     def write_samples(cls, net, data, path, seed, accelerator) -> Path:

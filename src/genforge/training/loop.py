@@ -116,8 +116,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     data = method_cls.prepare_data(cfg, data_dir, run_dir, resume, accelerator)
     total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * data.steps_per_epoch)
-    if evaluate is None and method_cls.self_evaluates:
-        evaluate = "self"
+    self_scoring = evaluate is None and method_cls.self_evaluates  # e.g. language models: validation loss
 
     method = method_cls(method_cfg, data.spec, total_steps=total)
     method.setup(tcfg)
@@ -203,7 +202,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 return method_cls.sample(net, spec, n, None, rng, device).float()
 
         t = time.perf_counter()
-        if evaluate == "self":
+        if self_scoring:
             scores = method_cls.validation_score(net, data, accelerator)  # e.g. {"eval_score": x, "val_loss": x}
         else:
             scores = {"eval_score": float(evaluate(generate))}
@@ -264,7 +263,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 reporter.update(step, last_losses, ips)
             if step % tcfg.sample_every == 0:
                 write_samples(f"step-{step:08d}")
-            if evaluate is not None and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total):
+            if (evaluate is not None or self_scoring) and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total):
                 run_evaluation(step)
                 accelerator.wait_for_everyone()
             if ckpt_now:
