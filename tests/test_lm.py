@@ -21,7 +21,7 @@ import genforge
 from genforge.artifacts import TextGenerator
 from genforge.data.text import load_text_corpus
 from genforge.errors import UserError
-from genforge.methods.lm import lr_factor
+from genforge.methods.lm import lr_factor, python_parse_rate, text_metrics, trim_snippet
 from genforge.training import train, validate
 from genforge.training.checkpoint import latest_checkpoint
 
@@ -186,3 +186,49 @@ def test_cli_eval_on_a_text_run_reports_perplexity(run):
     assert m["perplexity"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-6)
     assert m["tokens"] > 0 and 0 < m["bits_per_char"] < 10
     assert "perplexity" in p.stdout
+    # Shakespeare is not code: no snippets, and asking for some is a one-line mistake
+    assert json.loads((run / "config.json").read_text())["data"]["python_source"] is False
+    assert "python_parse_rate" not in m
+    p = run_cli("eval", run, "--n", 5)
+    assert p.returncode == 2 and "not Python source" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_parse_rate_judges_the_first_top_level_statement():
+    valid = ["def f(x):\n    return x + 1\n",
+             "def f(x):\n    return x\n\ndef g(\n",  # the unfinished next function is cut off
+             "def f(\n    a,\n):\n# a comment at column 0\n    try:\n        pass\n    except E:\n        pass\n"
+             "class Half",
+             "def f():\n    y = 1\n    return y  # the line generation stopped in is dropped: ret"]
+    garbage = ["def (((:\n  ]]\nfoo\n",
+               "def f(x):\n    return x\nelse:\n    pass\n",  # else at column 0 is not a new statement
+               "def f(x):\n    return [x,\n",  # open bracket when generation stopped
+               "def f(x): return x",  # no complete line: nothing to judge
+               "def f():\n    return 1 +\n\nx = 2\n"]
+    assert trim_snippet(valid[1]) == "def f(x):\n    return x\n\n"
+    assert trim_snippet(valid[3]) == "def f():\n    y = 1\n"
+    assert python_parse_rate(valid) == 1.0
+    assert python_parse_rate(garbage) == 0.0
+    assert python_parse_rate(valid[:1] + garbage[:3]) == 0.25
+    assert math.isnan(python_parse_rate([]))
+
+
+def test_eval_of_a_python_code_run_reports_the_parse_rate(tmp_path):
+    # A folder of Python files that repeat a few small functions: the tiny model learns them in 150 steps,
+    # so its snippets parse well above chance, which a broken prompt, decode or trim would not allow.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "ops.py").write_text("".join(f"def add{i % 10}(a, b):\n    return a + b * {i % 10}\n\n\n"
+                                         for i in range(400)))
+    (code / "__init__.py").write_text("from .ops import add1\n")
+    raw = lm_raw(code, max_steps=150, eval_every=None, batch_size=16, lr=1e-2)
+    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+    assert json.loads((run / "config.json").read_text())["data"]["python_source"] is True
+    p = run_cli("eval", run, "--n", 10, "--seed", 2)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((run / "eval.json").read_text())["metrics"]
+    assert 0.5 < m["python_parse_rate"] <= 1.0 and m["python_snippets"] == 10
+    assert "python_parse_rate" in p.stdout and "perplexity" in p.stdout
+    # the same seed gives the same snippets, hence the same rate; the default is 50 snippets
+    model = genforge.load(run)
+    assert text_metrics(model, n_snippets=10, seed=2)["python_parse_rate"] == m["python_parse_rate"]
+    assert text_metrics(model)["python_snippets"] == 50

@@ -171,6 +171,9 @@ def test_corpus_glob_code_and_explicit_file(tmp_path):
     (tmp_path / "notes.txt").write_text("not code")
     (tmp_path / "huge.txt").write_text("y" * 3000)
     assert load_text_corpus(f"code:{tmp_path}").text == "def f():\n    return 1\n"
+    # only a corpus of nothing but Python files counts as Python source
+    assert load_text_corpus(f"code:{tmp_path}").python and load_text_corpus(f"text:{tmp_path}/*.py").python
+    assert not load_text_corpus(f"text:{tmp_path}").python
     assert load_text_corpus(f"text:{tmp_path}/*.txt", max_file_bytes=100).text == "not code"
     # a file named explicitly is read whatever its size
     assert len(load_text_corpus(f"text:{tmp_path / 'huge.txt'}", max_file_bytes=100).text) == 3000
@@ -201,7 +204,7 @@ def test_tinyshakespeare_falls_back_to_packaged_copy(tmp_path):
 
 def test_python_stdlib_loads():
     corpus = load_text_corpus("python-stdlib", max_files=5)
-    assert corpus.report["files_loaded"] == 5 and corpus.report["truncated"]
+    assert corpus.report["files_loaded"] == 5 and corpus.report["truncated"] and corpus.python
     assert "def " in corpus.text or "import " in corpus.text
 
 

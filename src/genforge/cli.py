@@ -240,7 +240,7 @@ app.add_typer(evaluator_app, name="evaluator")
 @user_errors
 def eval_run(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
-    n: int = typer.Option(10_000, "--n", help="How many samples to generate and score."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), or snippets of a Python-code text model for python_parse_rate (default 50)."),
     reference: str = typer.Option("test", help="Real split to compare with: test (held out) or train."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data); evaluators are cached in its evaluators/ folder."),
     seed: int = typer.Option(0, help="Seed for the samples and the metrics' random subsets; the same seed repeats the result."),
@@ -252,7 +252,8 @@ def eval_run(
     """Score a run against real data; writes eval.json.
 
     Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples. Text runs:
-    validation loss, perplexity and bits per character/byte on the run's held-out text.
+    validation loss, perplexity and bits per character/byte on the run's held-out text; runs on Python
+    source also the share of generated snippets that parse (python_parse_rate).
     """
     from genforge.artifacts import read_config
     from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
@@ -260,10 +261,11 @@ def eval_run(
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1.")
     if read_config(run_dir).get("family") == "lm":
-        _eval_text(run_dir, data_dir, select, EVAL_FILE)
+        _eval_text(run_dir, data_dir, select, EVAL_FILE, n, seed)
         return
-    report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
-                          inception_weights=inception_weights, select=select, progress=not no_progress)
+    report = evaluate_run(run_dir, n=10_000 if n is None else n, reference=reference, data_dir=data_dir, seed=seed,
+                          batch_size=batch_size, inception_weights=inception_weights, select=select,
+                          progress=not no_progress)
     ev = report["evaluator"]
     out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['n']} samples vs real {ev['dataset']} "
               f"{report['reference']} split; "
@@ -280,21 +282,24 @@ def eval_run(
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
 
 
-def _eval_text(run_dir: Path, data_dir: Optional[Path], select: Optional[str], eval_file: str) -> None:
+def _eval_text(run_dir: Path, data_dir: Optional[Path], select: Optional[str], eval_file: str,
+               n: Optional[int], seed: int) -> None:
     import time
 
     from genforge import load
     from genforge.artifacts import atomic_write_text
-    from genforge.methods.lm import text_metrics
+    from genforge.methods.lm import SNIPPET_PROMPT, text_metrics
 
     t = time.perf_counter()
     model = load(run_dir, select=select)
-    metrics = text_metrics(model, data_dir)
+    metrics = text_metrics(model, data_dir, n_snippets=n, seed=seed)
     report = {"run_dir": str(run_dir), "model": {"family": "lm", "weights": model.weights_file},
-              "metrics": metrics, "seconds": round(time.perf_counter() - t, 2),
+              "metrics": metrics, "seed": seed, "seconds": round(time.perf_counter() - t, 2),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_text(Path(run_dir) / eval_file, json.dumps(report, indent=2) + "\n")
-    out.print(f"[bold]{run_dir}[/] ({model.weights_file}): held-out text of {model.meta['data']['dataset']}")
+    snippets = (f"; {metrics['python_snippets']} snippets from {SNIPPET_PROMPT!r}, seed {seed}"
+                if "python_parse_rate" in metrics else "")
+    out.print(f"[bold]{run_dir}[/] ({model.weights_file}): held-out text of {model.meta['data']['dataset']}{snippets}")
     table = Table("metric", "value", box=None)
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))

@@ -17,6 +17,10 @@ data files; a single file named explicitly is always read. A UTF-8 byte-order ma
 Windows line ends become "\\n". Folders are walked in sorted order without hidden files or folders,
 `__pycache__` and `node_modules`, so the corpus is the same on every run.
 
+`TextCorpus.python` is True when every kept document comes from a `.py`/`.pyi` file (always for
+python-stdlib; for text:/code: sources that hold nothing else, e.g. `code:'src/**/*.py'`): a model
+trained on it writes Python, so `genforge eval` also checks that its samples parse.
+
 Documents are joined with SEPARATOR, a blank line ("\\n\\n"): it needs no extra token in any vocabulary
 and is what a model already reads as "something new starts here".
 """
@@ -50,6 +54,7 @@ CODE_EXTENSIONS = frozenset(
     ".toml .cmake .proto .tex".split()
 )
 CODE_FILENAMES = frozenset({"Makefile", "Dockerfile", "CMakeLists.txt", "BUILD", "Rakefile", "Gemfile"})
+PYTHON_EXTENSIONS = frozenset({".py", ".pyi"})
 SKIP_DIRS = frozenset({"__pycache__", "node_modules"})
 STDLIB_SKIP_DIRS = SKIP_DIRS | {"test", "tests", "idle_test", "site-packages", "dist-packages"}
 
@@ -59,6 +64,7 @@ class TextCorpus:
     name: str
     text: str  # every kept document, joined with SEPARATOR
     report: dict = field(default_factory=dict)
+    python: bool = False  # every document is a Python source file
 
 
 def _new_report(source: str) -> dict:
@@ -103,8 +109,11 @@ def _is_code(path: Path) -> bool:
     return path.suffix.lower() in CODE_EXTENSIONS or path.name in CODE_FILENAMES
 
 
-def _read_files(paths: list[Path], report: dict, max_file_bytes: int | None, max_files: int | None) -> list[str]:
+def _read_files(paths: list[Path], report: dict, max_file_bytes: int | None,
+                max_files: int | None) -> tuple[list[str], list[Path]]:
+    """The kept documents and the files they came from."""
     docs: list[str] = []
+    kept: list[Path] = []
     seen: set[str] = set()
     for path in paths:
         if max_files is not None and len(docs) >= max_files:
@@ -122,7 +131,8 @@ def _read_files(paths: list[Path], report: dict, max_file_bytes: int | None, max
         text = _clean(data, report, seen)
         if text is not None:
             docs.append(text)
-    return docs
+            kept.append(path)
+    return docs, kept
 
 
 def _collect(spec: str, code: bool) -> tuple[list[Path], bool]:
@@ -192,14 +202,14 @@ def _single(name: str, source: str, data: bytes) -> TextCorpus:
 def _finish(name: str, source: str, paths: list[Path], listed: bool, max_file_bytes: int,
             max_files: int | None) -> TextCorpus:
     report = _new_report(source)
-    docs = _read_files(paths, report, max_file_bytes if listed else None, max_files)
+    docs, kept = _read_files(paths, report, max_file_bytes if listed else None, max_files)
     if not docs:
         raise UserError(f"No usable text in {source}: {report['files_found']} file(s) found ({_reasons(report)}). "
                         "Fix: point to UTF-8 text files (code:PATH keeps only source-file extensions), or raise "
                         "max_file_bytes if the files were too large.")
     text = SEPARATOR.join(docs)
     report["chars"] = len(text)
-    return TextCorpus(name, text, report)
+    return TextCorpus(name, text, report, python=all(p.suffix.lower() in PYTHON_EXTENSIONS for p in kept))
 
 
 def _reasons(report: dict) -> str:
