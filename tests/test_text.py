@@ -258,6 +258,57 @@ def test_temperature_zero_is_argmax_and_arguments_are_checked():
             generate(None, [[1]], 5, **kwargs)
 
 
+class UnkLover(torch.nn.Module):
+    """A stand-in language model whose favourite next token is always `unk`, by a wide margin."""
+
+    def __init__(self, vocab_size: int, unk: int):
+        super().__init__()
+        self.vocab_size, self.unk = vocab_size, unk
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def generation_session(self, prompts, use_cache=True):
+        model, g = self, torch.Generator().manual_seed(0)
+
+        class Session:
+            def push(self, tokens):
+                self.logits = torch.randn(len(prompts), model.vocab_size, generator=g)
+                self.logits[:, model.unk] = 30.0
+
+        session = Session()
+        session.push(None)
+        return session
+
+
+def test_banned_ids_are_never_selected():
+    logits = torch.tensor([[0.0, 9.0, 1.0, 8.5], [3.0, 9.0, 2.0, 0.0]])
+    banned = torch.tensor([1])
+    assert select_next(logits, temperature=0, banned=banned).tolist() == [3, 0]
+    g = torch.Generator().manual_seed(0)
+    for kwargs in ({}, {"top_k": 1}, {"top_p": 0.01}, {"temperature": 5.0}):
+        picks = select_next(logits.repeat(500, 1), generator=g, banned=banned, **kwargs)
+        assert 1 not in picks.tolist(), kwargs
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 2.0])
+def test_generation_never_emits_the_unknown_token(tokenizers, temperature):
+    from genforge.artifacts import TextGenerator
+
+    tok = tokenizers["char"]
+    model = UnkLover(tok.vocab_size, tok.unk_id)
+    # without the ban the model says little but "unknown"
+    g = torch.Generator().manual_seed(0)
+    assert set(generate_ids(model, [[0]], 20, temperature=temperature, generator=g)[0]) == {tok.unk_id}
+    ids = generate_ids(model, [[0], [1, 2]], 50, temperature=temperature, banned_ids=[tok.unk_id], top_k=3)
+    assert all(len(row) == 50 and tok.unk_id not in row for row in ids)
+    # a loaded model bans its tokenizer's unknown id by itself, prompt with unknown characters included
+    lm = TextGenerator(None, {}, model, tok, torch.device("cpu"))
+    texts = lm.generate(["🦊 prompt", "x"], max_new_tokens=50, temperature=temperature, seed=1)
+    assert all(len(t) == 50 and "\ufffd" not in t for t in texts)
+    assert "\ufffd" not in "".join(lm.stream("🦊", max_new_tokens=30, temperature=temperature, top_p=0.5, seed=2))
+    with pytest.raises(UserError, match="banned_ids"):
+        generate_ids(model, [[0]], 5, banned_ids=[tok.vocab_size])
+
+
 # ---------------------------------------------------------------- models and generation
 
 def overfit(model, ids: torch.Tensor, block: int, steps: int, lr: float) -> float:

@@ -124,7 +124,8 @@ class TextGenerator:
     """A loaded language model: `generate(prompt, ...)` -> str (or a list for a list of prompts), `stream(...)`.
 
     A prompt longer than the model's context is cropped to its last block (and the window slides as text
-    is generated), and characters outside a char vocabulary become the unknown id: never an error.
+    is generated), and characters outside a char vocabulary become the unknown id: never an error. The
+    unknown id is never generated.
     """
 
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, tokenizer, device: torch.device,
@@ -177,8 +178,10 @@ class TextGenerator:
 
         rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
         ids = [self._prompt_ids(p) for p in prompts]
+        unk = self.tokenizer.unk_id  # stands for no character: it would only print as U+FFFD
         for _ in generate(self.net, ids, max_new_tokens, temperature, top_k, top_p, generator=rng,
-                          should_stop=on_token, use_cache=use_cache, dtype=dtype):
+                          should_stop=on_token, use_cache=use_cache, dtype=dtype,
+                          banned_ids=[] if unk is None else [unk]):
             yield [take(b, final=False) for b in range(len(prompts))]
         for b in range(len(prompts)):
             text[b] += decoders[b].flush()

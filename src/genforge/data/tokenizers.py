@@ -35,6 +35,7 @@ class Tokenizer(ABC):
     kind: str
     vocab_size: int
     unit: str  # what bits-per-unit is normalised by: "char" or "byte"
+    unk_id: int | None = None  # the id of text outside the vocabulary (char only); generation never samples it
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:

@@ -127,7 +127,7 @@ class TextData:
     def sample_prompt(self) -> list[int]:
         """A newline where the vocabulary has one (nanoGPT's default start), else the first training token."""
         ids = self.tokenizer.encode("\n")
-        if ids and getattr(self.tokenizer, "unk_id", None) not in ids:
+        if ids and self.tokenizer.unk_id not in ids:
             return ids
         return self.train_ids[:1].tolist()
 
@@ -219,8 +219,9 @@ class LMMethod(Method):
     @classmethod
     def write_samples(cls, net, data: TextData, path, seed, accelerator) -> Path:
         prompt = data.sample_prompt()
+        unk = data.tokenizer.unk_id
         ids = generate_ids(net, [prompt], SAMPLE_TOKENS, temperature=0.8,
-                           generator=torch.Generator().manual_seed(seed))[0]
+                           generator=torch.Generator().manual_seed(seed), banned_ids=[] if unk is None else [unk])[0]
         out = Path(path).with_suffix(".txt")
         out.write_text(data.tokenizer.decode(prompt + ids), encoding="utf-8")
         return out

@@ -45,8 +45,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 def select_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row of `logits` (B, vocab) -> (B,). Temperature 0 is greedy (argmax)."""
+                top_p: float | None = None, generator: torch.Generator | None = None,
+                banned: torch.Tensor | None = None) -> torch.Tensor:
+    """One token id per row of `logits` (B, vocab) -> (B,). Temperature 0 is greedy (argmax).
+
+    `banned` ids (a 1-D tensor on the logits' device) are set to -inf first, so neither greedy decoding
+    nor top-k / top-p ever picks them, however likely the model thinks they are.
+    """
+    if banned is not None and len(banned):
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float()
@@ -60,13 +67,15 @@ def select_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              stop_ids: Iterable[int] = (), should_stop: Callable[[int, list[int]], bool] | None = None,
-             use_cache: bool = True, dtype: torch.dtype | None = None) -> Iterator[list[int | None]]:
+             use_cache: bool = True, dtype: torch.dtype | None = None,
+             banned_ids: Iterable[int] = ()) -> Iterator[list[int | None]]:
     """Continue each prompt (a batch; lengths may differ), yielding one list of new ids per step, one
     entry per row, so a caller can stream text as it is produced.
 
     A row ends when it samples an id in `stop_ids` (that id is not yielded) or when
     `should_stop(row, ids_so_far)` returns True after a yielded id (e.g. a stop string appeared in the
-    decoded text); an ended row yields None. The generator returns when every row has ended or after
+    decoded text); an ended row yields None. Ids in `banned_ids` are never sampled (e.g. a tokenizer's
+    unknown id, which stands for no particular character). The generator returns when every row has ended or after
     `max_new_tokens` steps. `use_cache=False` recomputes the whole context each step (the reference
     path). The model is put in eval mode while generating and restored afterwards.
 
@@ -85,11 +94,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         raise UserError("Every prompt needs at least one token. Fix: start from a non-empty prompt "
                         "(e.g. a newline encoded with the model's tokenizer).")
     return _generate(model, [list(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, generator,
-                     set(stop_ids), should_stop, use_cache, dtype)
+                     set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)))
 
 
 def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
-              use_cache, dtype):
+              use_cache, dtype, banned_ids):
     if max_new_tokens <= 0:
         return
     device_type = next(model.parameters()).device.type
@@ -110,11 +119,16 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generat
     try:
         with mode():
             session = model.generation_session(prompts, use_cache=use_cache)
+        vocab = session.logits.size(-1)
+        if any(not 0 <= i < vocab for i in banned_ids) or len(banned_ids) >= vocab:
+            raise UserError(f"banned_ids must be ids of the model's vocabulary (0..{vocab - 1}) and leave some "
+                            f"unbanned; got {banned_ids}.")
+        banned = torch.tensor(banned_ids, dtype=torch.long, device=session.logits.device)
         generated: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         for step in range(max_new_tokens):
             with mode():
-                next_ids = select_next(session.logits, temperature, top_k, top_p, generator).tolist()
+                next_ids = select_next(session.logits, temperature, top_k, top_p, generator, banned).tolist()
             out: list[int | None] = []
             for b, t in enumerate(next_ids):
                 if done[b] or t in stop:
