@@ -1,5 +1,5 @@
-"""Run under `accelerate launch --num_processes 2`: trains the tiny recipe and records, per rank,
-the final weights and which artifact files that rank wrote."""
+"""Run under `accelerate launch --num_processes 2`: trains a tiny recipe (argv[3]: gan, the default, or
+lm) and records, per rank, the final weights and which artifact files that rank wrote."""
 
 import json
 import sys
@@ -9,23 +9,25 @@ import torch
 from safetensors.torch import save_file
 
 from genforge import artifacts
+from genforge.data.tokenizers import Tokenizer
 from genforge.training import loop
-from tiny import tiny_config
+from tiny import tiny_config, tiny_lm_config
 
 run_dir, report_dir = Path(sys.argv[1]), Path(sys.argv[2])
+family = sys.argv[3] if len(sys.argv) > 3 else "gan"
 rank = int(__import__("os").environ.get("RANK", "0"))
 writes = []
-for name in ("save_weights", "write_config"):
-    real = getattr(artifacts, name)
+for owner, name in ((artifacts, "save_weights"), (artifacts, "write_config"), (Tokenizer, "save")):
+    real = getattr(owner, name)
 
     def spy(*a, _real=real, _name=name, **k):
         writes.append(_name)
         return _real(*a, **k)
 
-    setattr(artifacts, name, spy)
+    setattr(owner, name, spy)
 
 captured = {}
-real_setup = loop.get_method("gan").setup
+real_setup = loop.get_method(family).setup
 
 
 def capture(self, train_cfg):
@@ -33,8 +35,9 @@ def capture(self, train_cfg):
     captured["method"] = self
 
 
-loop.get_method("gan").setup = capture
-result = loop.train(tiny_config(max_steps=4, checkpoint_every=2), run_dir, progress=False)
+loop.get_method(family).setup = capture
+cfg = tiny_lm_config() if family == "lm" else tiny_config(max_steps=4, checkpoint_every=2)
+result = loop.train(cfg, run_dir, progress=False)
 method = captured["method"]
 state = {}
 for name, net in method.networks.items():

@@ -15,7 +15,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
+def launch(tmp_path, family: str) -> tuple[Path, Path]:
+    """Train the tiny `family` recipe under `accelerate launch` with 2 CPU processes (gloo); returns the
+    run directory and the folder of per-rank reports written by dist_train.py."""
     run, report = tmp_path / "run", tmp_path / "report"
     report.mkdir()
     here = Path(__file__).parent
@@ -23,13 +25,23 @@ def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           str(here / "dist_train.py"), str(run), str(report)]
+           str(here / "dist_train.py"), str(run), str(report), family]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run, report
+
+
+def assert_ranks_identical(report: Path) -> dict:
     r0, r1 = load_file(str(report / "rank0.safetensors")), load_file(str(report / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and len(r0) > 10
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
+    return r0
+
+
+def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
+    run, report = launch(tmp_path, "gan")
+    assert_ranks_identical(report)
     w0 = json.loads((report / "rank0.json").read_text())
     w1 = json.loads((report / "rank1.json").read_text())
     assert w0["step"] == w1["step"] == 4
@@ -37,3 +49,22 @@ def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
     assert w1["writes"] == []
     assert (run / "model.safetensors").exists() and (run / "checkpoints" / "step-00000004").is_dir()
     assert json.loads((run / "config.json").read_text())["step"] == 4
+
+
+def test_two_process_language_model_stays_identical_and_only_rank0_writes(tmp_path):
+    run, report = launch(tmp_path, "lm")
+    r0 = assert_ranks_identical(report)  # each rank drew its own windows and dropout masks; DDP averaged them
+    w0 = json.loads((report / "rank0.json").read_text())
+    w1 = json.loads((report / "rank1.json").read_text())
+    assert w0["step"] == w1["step"] == 4
+    assert {"save_weights", "write_config", "save"} <= set(w0["writes"])  # weights, config.json, tokenizer.json
+    assert w1["writes"] == []
+    for name in ("model.safetensors", "model-best.safetensors", "tokenizer.json", "samples/final.txt",
+                 "checkpoints/step-00000004/trainer_state.json"):
+        assert (run / name).exists(), name
+    exported = load_file(str(run / "model.safetensors"))
+    assert exported.keys() and all(torch.equal(v, r0[f"model.{k}"]) for k, v in exported.items())
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["step"] == 4 and meta["family"] == "lm"
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in vals if "val_loss" in r] == [2, 4]  # validation ran once per eval, on rank 0
