@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 
-def train_for(budget_s: float, data_dir: str | None, calibrate_steps: int, threads: int) -> dict:
-    from genforge.training import read_raw, train, validate
+def train_for(budget_s: float, data_dir: str | None, calibrate_steps: int, threads: int, overrides=()) -> dict:
+    from genforge.methods import get_method
+    from genforge.training import apply_overrides, read_raw, train, validate
 
-    raw = read_raw("shakespeare-char-gpt-small")
+    raw = apply_overrides(read_raw("shakespeare-char-gpt-small"), list(overrides), get_method("lm").Config)
     with tempfile.TemporaryDirectory() as tmp:
         calib = dict(raw, train={**raw["train"], "max_steps": calibrate_steps, "eval_every": None,
                                  "sample_every": 10**9, "checkpoint_every": 10**9})
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[],
+                    help="overrides of the preset for the training runs, e.g. train.batch_size=16 (to try recipes)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.threads:
@@ -111,7 +114,7 @@ def main() -> None:
                     "auto_precision": resolve_precision("auto")},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "training": [] if args.skip_training else
-        [train_for(b, args.data_dir, args.calibrate_steps, args.threads) for b in args.budgets],
+        [train_for(b, args.data_dir, args.calibrate_steps, args.threads, args.overrides) for b in args.budgets],
         "generation": generation_speed(args.gen_tokens, args.repeats),
     }
     text = json.dumps(report, indent=2, ensure_ascii=False)

@@ -30,16 +30,16 @@ HERE = Path(__file__).resolve().parent
 BATCH = 64
 
 
-def _preset_widths() -> tuple[int, int]:
+def _preset_model() -> dict:
     import yaml
 
     from genforge.training.config import presets_dir
 
-    model = yaml.safe_load((presets_dir() / "mnist-dcgan.yaml").read_text())["model"]
-    return model["g_width"], model["d_width"]
+    return yaml.safe_load((presets_dir() / "mnist-dcgan.yaml").read_text())["model"]
 
 
-G_WIDTH, D_WIDTH = _preset_widths()  # the reference uses exactly the preset's networks
+MODEL = _preset_model()  # the reference uses exactly the preset's networks
+G_WIDTH, D_WIDTH, D_HIDDEN = MODEL["g_width"], MODEL["d_width"], MODEL.get("d_hidden", 0)
 
 
 def peak_rss_mb() -> float:
@@ -56,7 +56,7 @@ def reference_loop(data_dir: str, steps: int, warmup: int) -> dict:
     ds = load_image_dataset("mnist", data_dir=data_dir)
     x = ds.images.permute(0, 3, 1, 2).float().div(127.5).sub(1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=BATCH, shuffle=True, drop_last=True)
-    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH)
+    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH, hidden=D_HIDDEN)
     init_weights(G), init_weights(D)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -112,7 +112,7 @@ def flops_per_image() -> float:
 
     from genforge.models.dcgan import Discriminator, Generator
 
-    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH)
+    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH, hidden=D_HIDDEN)
     bce = nn.BCEWithLogitsLoss()
     real, z = torch.randn(BATCH, 1, 28, 28), torch.randn(BATCH, 100)
     with FlopCounterMode(display=False) as fc:
@@ -157,7 +157,7 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": BATCH,
-        "g_width": G_WIDTH, "d_width": D_WIDTH,
+        "g_width": G_WIDTH, "d_width": D_WIDTH, "d_hidden": D_HIDDEN,
         "cpu_bf16_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in ("amx_bf16", "avx512_bf16")})
         if Path("/proc/cpuinfo").exists() else [],
         "peak_gflops_fp32": round(measured_peak_gflops(torch.float32), 1),

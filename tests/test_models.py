@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from genforge.models.dcgan import Discriminator, Generator, init_weights, stages_for
+from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent, stages_for
 
 
 @pytest.mark.parametrize("side,channels,stages", [(28, 1, 2), (32, 3, 3), (64, 3, 4)])
@@ -34,3 +34,21 @@ def test_conditional_labels_change_the_output():
     assert not torch.allclose(D(x, torch.full((4,), 3)), D(x, torch.full((4,), 7)))
     with pytest.raises(ValueError, match="labels"):
         G(z)
+
+
+def test_infogan_code_is_part_of_the_latent_and_predicted_by_d():
+    torch.manual_seed(0)
+    G = Generator(28, 1, z_dim=16, width=8, codes=4).eval()
+    D = Discriminator(28, 1, width=8, codes=4).eval()
+    init_weights(G), init_weights(D)
+    z, c = sample_latent(6, 16, 4, torch.Generator().manual_seed(1))
+    assert z.shape == (6, 20) and c.shape == (6,)
+    assert torch.equal(z[:, 16:].argmax(1), c) and torch.equal(z[:, 16:].sum(1), torch.ones(6))
+    other = z.clone()
+    other[:, 16:] = torch.nn.functional.one_hot((c + 1) % 4, 4).float()
+    assert not torch.allclose(G(z), G(other))  # the code steers the image
+    logit, q = D(G(z), code_logits=True)
+    assert logit.shape == (6,) and q.shape == (6, 4)
+    assert torch.equal(logit, D(G(z)))
+    plain, none = sample_latent(3, 16, 0, torch.Generator().manual_seed(1))
+    assert plain.shape == (3, 16) and none is None

@@ -104,6 +104,25 @@ def test_conditional_artifact_round_trip(tmp_path):
         model.generate(2, labels=12)
 
 
+def test_infogan_learns_a_recognisable_code_and_stays_unconditional(tmp_path):
+    run = train(tiny_config(model={"latent_codes": 4, "info_weight": 1.0}, max_steps=40, log_every=10, lr=1e-3),
+                tmp_path / "info", progress=False).run_dir
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss_info" in line]
+    # Q's cross-entropy starts near log(4) = 1.39 (a guess) and falls as G makes its code visible
+    assert records[0]["loss_info"] > 1.0 and records[-1]["loss_info"] < 0.5 * records[0]["loss_info"], records
+    model = genforge.load(run)
+    assert not model.conditional
+    x = model.generate(6, seed=2)
+    assert x.shape == (6, 28, 28, 1) and (x == model.generate(6, seed=2)).all()
+    with pytest.raises(UserError, match="not class-conditional"):
+        model.generate(2, labels=1)
+
+
+def test_infogan_and_class_conditioning_do_not_mix(tmp_path):
+    with pytest.raises(UserError, match="latent_codes"):
+        train(tiny_config(model={"latent_codes": 4, "conditional": True}), tmp_path / "x", progress=False)
+
+
 def test_load_reads_no_pickle(tmp_path, monkeypatch):
     run = train(tiny_config(max_steps=2), tmp_path / "r", progress=False).run_dir
     import pickle

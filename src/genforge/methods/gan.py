@@ -15,7 +15,7 @@ from pydantic import Field
 
 from genforge.methods.base import DataSpec, MethodConfig
 from genforge.methods.images import ImageMethod
-from genforge.models.dcgan import Discriminator, Generator, init_weights
+from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -30,6 +30,12 @@ class GANConfig(MethodConfig):
     g_width: int = Field(64, ge=4, description="channels of G's last hidden layer (doubling towards the input)")
     d_width: int = Field(64, ge=4, description="channels of D's first layer (doubling towards the output)")
     embed_dim: int = Field(50, ge=1, description="size of G's label embedding (conditional only)")
+    extra_layers: int = Field(0, ge=0, le=4, description="3x3 stride-1 conv layers added in G (before its last upsampling) and D (after its first layer)")
+    d_hidden: int = Field(0, ge=0, description="a fully connected hidden layer of this size before D's output (0: none)")
+    latent_codes: int = Field(0, ge=0, description="a categorical latent code with this many values, learned without "
+                              "labels (InfoGAN, Chen et al. 2016): gives an unconditional G separate modes, e.g. digits")
+    info_weight: float = Field(1.0, ge=0, description="weight of InfoGAN's code-prediction loss (latent_codes > 0)")
+    d_spectral_norm: bool = Field(False, description="spectral norm on D's layers instead of BatchNorm (Miyato et al. 2018)")
     real_label: float = Field(1.0, gt=0.5, le=1.0, description="D's target for real images; 0.9 = one-sided label smoothing (Salimans et al. 2016)")
 
 
@@ -47,12 +53,19 @@ class GANMethod(ImageMethod):
             from genforge.errors import UserError
 
             raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
-        return Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim)
+        if cfg.conditional and cfg.latent_codes:
+            from genforge.errors import UserError
+
+            raise UserError("model.latent_codes (InfoGAN) is for unconditional models; set model.conditional=false "
+                            "or model.latent_codes=0.")
+        return Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
+                         cfg.extra_layers, cfg.latent_codes)
 
     def setup(self, train_cfg) -> None:
         cfg, spec = self.cfg, self.spec
         G = self.build_exported(cfg, spec)
-        D = Discriminator(spec.height, spec.channels, cfg.d_width, spec.num_classes if cfg.conditional else 0)
+        D = Discriminator(spec.height, spec.channels, cfg.d_width, spec.num_classes if cfg.conditional else 0,
+                          cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes)
         init_weights(G)
         init_weights(D)
         betas = (train_cfg.beta1, train_cfg.beta2)
@@ -62,8 +75,9 @@ class GANMethod(ImageMethod):
             "discriminator": torch.optim.Adam(D.parameters(), lr=train_cfg.lr_d or train_cfg.lr, betas=betas, fused=True),
         }
 
-    def _noise(self, n: int, rng: torch.Generator, device) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, generator=rng).to(device, non_blocking=True)
+    def _info_loss(self, code_logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """InfoGAN's lower bound on I(code; G(z, code)), up to a constant: Q's cross-entropy, weighted."""
+        return self.cfg.info_weight * F.cross_entropy(code_logits.float(), codes)
 
     def training_step(self, accelerator, micro_batches, rng):
         G, D = self.networks["generator"], self.networks["discriminator"]
@@ -74,7 +88,8 @@ class GANMethod(ImageMethod):
         # With several, DDP must see each network's forward and backward inside the same no_sync window,
         # so the fakes are made without a graph for D and made again, from the same noise, for G.
         reuse = k == 1
-        noises, fakes, losses_d, losses_g = [], [], [], []
+        info = self.cfg.latent_codes > 0
+        noises, fakes, losses_d, losses_g, losses_q = [], [], [], [], []
 
         def window(i: int, *nets):
             stack = ExitStack()
@@ -86,8 +101,9 @@ class GANMethod(ImageMethod):
         # Discriminator: real -> 1, fake -> 0.
         for i, (x, y) in enumerate(micro_batches):
             y = y if cond else None
-            z = self._noise(x.shape[0], rng, x.device)
-            noises.append(z)
+            z, c = sample_latent(x.shape[0], self.cfg.z_dim, self.cfg.latent_codes, rng)
+            z, c = z.to(x.device, non_blocking=True), c.to(x.device) if info else None
+            noises.append((z, c))
             with window(i, D):
                 if reuse:
                     fake = G(z, y) if cond else G(z)
@@ -96,9 +112,14 @@ class GANMethod(ImageMethod):
                     with torch.no_grad():
                         fake = G(z, y) if cond else G(z)
                 d_real = D(x, y) if cond else D(x)
-                d_fake = D(fake.detach(), y) if cond else D(fake.detach())
+                if info:
+                    d_fake, q = D(fake.detach(), code_logits=True)
+                    loss_q = self._info_loss(q, c)
+                    losses_q.append(loss_q.detach())
+                else:
+                    d_fake, loss_q = (D(fake.detach(), y) if cond else D(fake.detach())), 0.0
                 loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
-                accelerator.backward(loss_d / k)
+                accelerator.backward((loss_d + loss_q) / k)
             losses_d.append(loss_d.detach())
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
@@ -107,24 +128,29 @@ class GANMethod(ImageMethod):
         # and outside DDP's gradient sync), which saves its weight-gradient convolutions and an all-reduce.
         D.requires_grad_(False)
         try:
-            for i, ((x, y), z) in enumerate(zip(micro_batches, noises)):
+            for i, ((x, y), (z, c)) in enumerate(zip(micro_batches, noises)):
                 y = y if cond else None
                 with window(i, G), accelerator.no_sync(D):
                     fake = fakes[i] if reuse else (G(z, y) if cond else G(z))
-                    d_out = D(fake, y) if cond else D(fake)
-                    loss_g = _bce(d_out, 1.0)
+                    if info:  # G is also rewarded for making its code recognisable
+                        d_out, q = D(fake, code_logits=True)
+                        loss_g = _bce(d_out, 1.0) + self._info_loss(q, c)
+                    else:
+                        loss_g = _bce(D(fake, y) if cond else D(fake), 1.0)
                     accelerator.backward(loss_g / k)
                 losses_g.append(loss_g.detach())
         finally:
             D.requires_grad_(True)
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
-        return {"loss_d": torch.stack(losses_d).mean(), "loss_g": torch.stack(losses_g).mean()}
+        out = {"loss_d": torch.stack(losses_d).mean(), "loss_g": torch.stack(losses_g).mean()}
+        if info:
+            out["loss_info"] = torch.stack(losses_q).mean()
+        return out
 
     @classmethod
     def sample(cls, net, spec, n, labels, rng, device):
-        z_dim = net.z_dim
-        z = torch.randn(n, z_dim, generator=rng).to(device)
+        z = sample_latent(n, net.z_dim, getattr(net, "codes", 0), rng)[0].to(device)
         if net.num_classes:
             if labels is None:
                 labels = torch.arange(n) % net.num_classes

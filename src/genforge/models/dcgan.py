@@ -6,6 +6,11 @@ image side: 28 -> 7x7 start (2 stages), 32 -> 4x4 (3 stages), 64 -> 4x4 (4 stage
 
 Conditioning (so a user can ask for "digit 7"): G concatenates a learned label embedding to z; D is a
 projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
+
+Options beyond the paper, each measured on unconditional MNIST (benchmarks/RESULTS.md): `hidden`, a fully
+connected layer before D's output (as in InfoGAN's MNIST D), so D judges the whole digit and not a
+linear sum of local strokes; it lifted precision 0.66 -> 0.74 at 2 epochs. `spectral_norm` in D,
+`extra_layers` of 3x3 convolutions, and `codes`, InfoGAN's categorical latent code with D's Q head.
 """
 
 from __future__ import annotations
@@ -28,15 +33,24 @@ def stages_for(side: int) -> int:
     return stages
 
 
+def sample_latent(n: int, z_dim: int, codes: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """G's input: n Gaussian vectors, followed by a one-hot categorical code when `codes` (InfoGAN), and the codes."""
+    z = torch.randn(n, z_dim, generator=rng)
+    if not codes:
+        return z, None
+    c = torch.randint(codes, (n,), generator=rng)
+    return torch.cat([z, nn.functional.one_hot(c, codes).to(z.dtype)], 1), c
+
+
 class Generator(nn.Module):
     def __init__(self, image_size: int, channels: int, z_dim: int = 100, width: int = 64,
-                 num_classes: int = 0, embed_dim: int = 50):
+                 num_classes: int = 0, embed_dim: int = 50, extra_layers: int = 0, codes: int = 0):
         super().__init__()
-        self.z_dim, self.num_classes = z_dim, num_classes
+        self.z_dim, self.num_classes, self.codes = z_dim, num_classes, codes
         n = stages_for(image_size)
         self.start = image_size // 2**n
         self.start_ch = width * 2 ** (n - 1)
-        in_dim = z_dim
+        in_dim = z_dim + codes
         if num_classes:
             self.embed = nn.Embedding(num_classes, embed_dim)
             in_dim += embed_dim
@@ -50,6 +64,9 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = channels if last else ch // 2
+            if last:
+                for _ in range(extra_layers):
+                    layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
             layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=last))
             layers += [nn.Tanh()] if last else [nn.BatchNorm2d(out), nn.ReLU(True)]
             ch = out
@@ -67,31 +84,45 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size: int, channels: int, width: int = 64, num_classes: int = 0):
+    def __init__(self, image_size: int, channels: int, width: int = 64, num_classes: int = 0,
+                 extra_layers: int = 0, spectral_norm: bool = False, hidden: int = 0, codes: int = 0):
         super().__init__()
         n = stages_for(image_size)
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
         ch_in, ch = channels, width
         for i in range(n):
-            layers.append(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0))
-            if i > 0:  # DCGAN: no BatchNorm on the input layer
+            layers.append(sn(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0 or spectral_norm)))
+            if i > 0 and not spectral_norm:  # DCGAN: no BatchNorm on the input layer
                 layers.append(nn.BatchNorm2d(ch))
             layers.append(nn.LeakyReLU(0.2))
+            if i == 0:
+                for _ in range(extra_layers):
+                    layers.append(sn(nn.Conv2d(ch, ch, 3, 1, 1, bias=spectral_norm)))
+                    if not spectral_norm:
+                        layers.append(nn.BatchNorm2d(ch))
+                    layers.append(nn.LeakyReLU(0.2))
             ch_in, ch = ch, ch * 2
         self.net = nn.Sequential(*layers)
         feat = ch_in * (image_size // 2**n) ** 2
-        self.head = nn.Linear(feat, 1)
+        self.hidden = nn.Sequential(sn(nn.Linear(feat, hidden)), nn.LeakyReLU(0.2)) if hidden else nn.Identity()
+        feat = hidden or feat
+        self.head = sn(nn.Linear(feat, 1))
+        self.code_head = nn.Linear(feat, codes) if codes else None  # InfoGAN's Q: which code made this image
         self.num_classes = num_classes
         if num_classes:
             self.embed = nn.Embedding(num_classes, feat)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.net(x).permute(0, 2, 3, 1).flatten(1)  # HWC order: a view (no copy) for channels_last
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, code_logits: bool = False):
+        """D's logit for each image; with `code_logits`, also Q's logits over the latent codes."""
+        h = self.hidden(self.net(x).permute(0, 2, 3, 1).flatten(1))  # HWC order: a view (no copy) for channels_last
         logit = self.head(h).squeeze(1)
         if self.num_classes:
             if labels is None:
                 raise ValueError("this discriminator is class-conditional: pass labels")
             logit = logit + (self.embed(labels) * h).sum(1)
+        if code_logits:
+            return logit, self.code_head(h)
         return logit
 
 
