@@ -98,29 +98,32 @@ class GANMethod(ImageMethod):
                     stack.enter_context(accelerator.no_sync(net))
             return stack
 
-        # Discriminator: real -> 1, fake -> 0.
-        for i, (x, y) in enumerate(micro_batches):
-            y = y if cond else None
-            z, c = sample_latent(x.shape[0], self.cfg.z_dim, self.cfg.latent_codes, rng)
-            z, c = z.to(x.device, non_blocking=True), c.to(x.device) if info else None
-            noises.append((z, c))
-            with window(i, D):
-                if reuse:
-                    fake = G(z, y) if cond else G(z)
-                    fakes.append(fake)
-                else:
-                    with torch.no_grad():
+        # Discriminator: real -> 1, fake -> 0. One autocast region around D's whole update: its weights are cast
+        # to bf16 once and reused for the real and the fake batch (autocast caches casts until the region ends,
+        # which is before D's weights change), instead of once per call.
+        with accelerator.autocast():
+            for i, (x, y) in enumerate(micro_batches):
+                y = y if cond else None
+                z, c = sample_latent(x.shape[0], self.cfg.z_dim, self.cfg.latent_codes, rng)
+                z, c = z.to(x.device, non_blocking=True), c.to(x.device) if info else None
+                noises.append((z, c))
+                with window(i, D):
+                    if reuse:
                         fake = G(z, y) if cond else G(z)
-                d_real = D(x, y) if cond else D(x)
-                if info:
-                    d_fake, q = D(fake.detach(), code_logits=True)
-                    loss_q = self._info_loss(q, c)
-                    losses_q.append(loss_q.detach())
-                else:
-                    d_fake, loss_q = (D(fake.detach(), y) if cond else D(fake.detach())), 0.0
-                loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
-                accelerator.backward((loss_d + loss_q) / k)
-            losses_d.append(loss_d.detach())
+                        fakes.append(fake)
+                    else:
+                        with torch.no_grad():
+                            fake = G(z, y) if cond else G(z)
+                    d_real = D(x, y) if cond else D(x)
+                    if info:
+                        d_fake, q = D(fake.detach(), code_logits=True)
+                        loss_q = self._info_loss(q, c)
+                        losses_q.append(loss_q.detach())
+                    else:
+                        d_fake, loss_q = (D(fake.detach(), y) if cond else D(fake.detach())), 0.0
+                    loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
+                    accelerator.backward((loss_d + loss_q) / k)
+                losses_d.append(loss_d.detach())
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
 
