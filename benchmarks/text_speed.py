@@ -9,10 +9,11 @@ steps/s, so its warm-up + cosine schedule ends inside the budget (a run cut off 
 be judged at a high learning rate). Reported: the real seconds, training tokens/s (steady state over
 the whole run, evaluations included), and the validation loss at the end and at its best.
 
-Generation: the `shakespeare-char-gpt` architecture (6 layers, 384 wide, block 256; random weights,
-which do not change the speed) continues a one-token prompt by `--gen-tokens` tokens (default 500,
-so the window slides past the block) with temperature 0.8, batch 1. Each setting runs once untimed,
-then the best of `--repeats` timed runs is kept.
+Generation: the `shakespeare-char-gpt` architecture (6 layers, 384 wide, block 256) and the small
+preset's (nanoGPT's CPU size; `--set` applies to it too), with random weights, which do not change
+the speed, continue a one-token prompt by `--gen-tokens` tokens (default 500, so the window slides
+past the block) with temperature 0.8, batch 1. Each setting runs once untimed, then the best of
+`--repeats` timed runs is kept.
 
 Prints one JSON object; `--out FILE` also writes it.
 """
@@ -37,13 +38,15 @@ def train_for(budget_s: float, data_dir: str | None, calibrate_steps: int, threa
 
     raw = apply_overrides(read_raw("shakespeare-char-gpt-small"), list(overrides), get_method("lm").Config)
     with tempfile.TemporaryDirectory() as tmp:
-        calib = dict(raw, train={**raw["train"], "max_steps": calibrate_steps, "eval_every": None,
+        calib = dict(raw, train={**raw["train"], "max_steps": calibrate_steps, "eval_every": None, "log_every": 10,
                                  "sample_every": 10**9, "checkpoint_every": 10**9})
         t = time.perf_counter()
-        res = train(validate(calib), Path(tmp) / "calib", data_dir=data_dir, progress=False)
+        train(validate(calib), Path(tmp) / "calib", data_dir=data_dir, progress=False)
         setup_and_calib = time.perf_counter() - t
         tokens_per_step = raw["train"]["batch_size"] * raw["model"]["block_size"]
-        steps_per_s = res.items_per_second / tokens_per_step
+        # steady state: the last logged interval, after the first steps' kernel set-up
+        rate = [json.loads(line) for line in (Path(tmp) / "calib" / "metrics.jsonl").read_text().splitlines()][-1]
+        steps_per_s = rate["tokens_per_sec"] / tokens_per_step
         steps = max(10, int(budget_s * steps_per_s * 0.9))  # 10% for evaluations, the sample and the checkpoint
         cfg = dict(raw, train={**raw["train"], "max_steps": steps, "eval_every": max(1, steps // 4),
                                "sample_every": 10**9, "checkpoint_every": 10**9})
@@ -61,17 +64,18 @@ def train_for(budget_s: float, data_dir: str | None, calibrate_steps: int, threa
             "sample_head": sample[:300]}
 
 
-def generation_speed(tokens: int, repeats: int) -> list[dict]:
-    import yaml
-
+def generation_speed(tokens: int, repeats: int, preset: str, overrides=()) -> list[dict]:
+    """tokens/s of `preset`'s GPT architecture (random weights: the speed does not depend on them)."""
+    from genforge.methods import get_method
     from genforge.models.gpt import GPT, GPTConfig
     from genforge.models.sampling import generate_ids
-    from genforge.training.config import presets_dir
+    from genforge.training import apply_overrides, read_raw
 
-    m = yaml.safe_load((presets_dir() / "shakespeare-char-gpt.yaml").read_text())["model"]
+    m = apply_overrides(read_raw(preset), list(overrides), get_method("lm").Config)["model"]
     torch.manual_seed(0)
     net = GPT(GPTConfig(vocab_size=66, block_size=m["block_size"], n_layer=m["n_layer"], n_head=m["n_head"],
                         n_embd=m["n_embd"], bias=m["bias"])).eval()
+    arch = f"{preset}: {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} wide, block {m['block_size']}"
     out = []
     for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         model = net if dtype is None else net.to(dtype)  # cast once, as generate()'s docstring advises
@@ -83,7 +87,7 @@ def generation_speed(tokens: int, repeats: int) -> list[dict]:
                 return time.perf_counter() - t, len(ids[0])
             once()  # warm-up
             best, n = min(once() for _ in range(repeats))
-            out.append({"precision": dtype_name, "kv_cache": use_cache, "new_tokens": n,
+            out.append({"model": arch, "precision": dtype_name, "kv_cache": use_cache, "new_tokens": n,
                         "seconds": round(best, 3), "tokens_per_sec": round(n / best, 1)})
         net = net.float()
     return out
@@ -93,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300], help="training budgets in seconds")
     ap.add_argument("--data-dir", default=os.environ.get("GENFORGE_DATA"))
-    ap.add_argument("--calibrate-steps", type=int, default=40)
+    ap.add_argument("--calibrate-steps", type=int, default=60)
     ap.add_argument("--gen-tokens", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -115,7 +119,9 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "training": [] if args.skip_training else
         [train_for(b, args.data_dir, args.calibrate_steps, args.threads, args.overrides) for b in args.budgets],
-        "generation": generation_speed(args.gen_tokens, args.repeats),
+        # the full preset's size (block 256: the KV-cache aim) and the small one's (nanoGPT's CPU size)
+        "generation": generation_speed(args.gen_tokens, args.repeats, "shakespeare-char-gpt")
+        + generation_speed(args.gen_tokens, args.repeats, "shakespeare-char-gpt-small", args.overrides),
     }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
