@@ -52,3 +52,24 @@ def test_infogan_code_is_part_of_the_latent_and_predicted_by_d():
     assert torch.equal(logit, D(G(z)))
     plain, none = sample_latent(3, 16, 0, torch.Generator().manual_seed(1))
     assert plain.shape == (3, 16) and none is None
+
+
+@pytest.mark.parametrize("options", [{"hidden": 16}, {"spectral_norm": True}, {"extra_layers": 2}])
+def test_discriminator_options_keep_the_interface(options):
+    torch.manual_seed(0)
+    G = Generator(28, 1, z_dim=16, width=8, extra_layers=options.get("extra_layers", 0))
+    D = Discriminator(28, 1, width=8, **options)
+    init_weights(G), init_weights(D)
+    x = G(torch.randn(4, 16))
+    assert x.shape == (4, 1, 28, 28) and D(x).shape == (4,)
+    bns = [m for m in D.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if options.get("spectral_norm"):
+        # spectral norm replaces BatchNorm, and every weight is normalised
+        assert not bns
+        assert all(torch.nn.utils.parametrize.is_parametrized(m, "weight")
+                   for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    if options.get("hidden"):
+        assert D.head.in_features == 16
+    if options.get("extra_layers"):
+        assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in D.modules()) == 2
+        assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in G.modules()) == 2
