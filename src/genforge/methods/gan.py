@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from genforge.errors import UserError
 from genforge.methods.base import DataSpec, MethodConfig
 from genforge.methods.images import ImageMethod
 from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent
@@ -50,12 +51,8 @@ class GANMethod(ImageMethod):
             raise ValueError(f"DCGAN needs square images, got {spec.height}x{spec.width}; set data.image_size")
         classes = spec.num_classes if cfg.conditional else 0
         if cfg.conditional and not classes:
-            from genforge.errors import UserError
-
             raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
         if cfg.conditional and cfg.latent_codes:
-            from genforge.errors import UserError
-
             raise UserError("model.latent_codes (InfoGAN) is for unconditional models; set model.conditional=false "
                             "or model.latent_codes=0.")
         return Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
