@@ -91,6 +91,9 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(f"| {row['name']} | {cell(row.get('epochs'), 'g')} | {cell(row.get('steps'), 'd')} | "
                      f"{cell(row.get('train_seconds'), '.0f')} | "
                      + " | ".join(cell(m.get(key), fmt) for key, _, fmt in COLUMNS) + f" | {grid} |")
+    earlier = {(row["name"], row["command"], row["date"]) for row in report["rows"] if "command" in row}
+    for name, command, date in sorted(earlier):
+        lines += ["", f"The {name} rows are kept from an earlier run: `{command}` ({date})."]
     lines += ["", "Full figures (KID/IS spread, class counts, timings): `quality.json`.", ""]
     path.write_text("\n".join(lines))
 
@@ -104,6 +107,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/genforge-quality", help="where the runs are trained (replaced)")
     p.add_argument("--out", default=str(HERE), help="folder for quality.md, quality.json and the grids")
+    p.add_argument("--keep-other-rows", action="store_true",
+                   help="keep the rows of presets not re-run now from the existing quality.json (each keeps its own "
+                        "command and date), e.g. to re-measure one changed preset")
     a = p.parse_args()
 
     from genforge.data import load_image_dataset
@@ -123,6 +129,12 @@ def main() -> None:
                       "device": evaluator.config["training"]["device"]},
         "rows": [],
     }
+
+    kept = []
+    if a.keep_other_rows and (out / "quality.json").exists():
+        old = json.loads((out / "quality.json").read_text())
+        kept = [{"command": old["command"], "date": old["date"], **row} for row in old["rows"]
+                if "epochs" in row and row["name"] not in a.presets.split(",")]
 
     train_set = load_image_dataset("mnist", a.data_dir, "train")
     pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(a.seed))[:a.n]
@@ -153,8 +165,9 @@ def main() -> None:
                    "grid": f"{tag}.png", "metrics": ev["metrics"], "details": ev["details"]}
             report["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("name", "epochs", "steps", "train_seconds", "metrics")}), flush=True)
-            (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-            write_markdown(report, out / "quality.md")
+            full = {**report, "rows": report["rows"] + kept}
+            (out / "quality.json").write_text(json.dumps(full, indent=2) + "\n")
+            write_markdown(full, out / "quality.md")
     print(f"wrote {out / 'quality.md'}")
 
 

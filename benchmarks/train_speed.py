@@ -40,6 +40,14 @@ def _preset_model() -> dict:
 
 MODEL = _preset_model()  # the reference uses exactly the preset's networks
 G_WIDTH, D_WIDTH, D_HIDDEN = MODEL["g_width"], MODEL["d_width"], MODEL.get("d_hidden", 0)
+CLUSTERS = MODEL.get("clusters", 0)  # self-conditioning: G and D take a cluster id, as a cGAN takes a label
+
+
+def networks():
+    from genforge.models.dcgan import Discriminator, Generator
+
+    return (Generator(28, 1, width=G_WIDTH, num_classes=CLUSTERS, label_prior=CLUSTERS > 0),
+            Discriminator(28, 1, width=D_WIDTH, num_classes=CLUSTERS, hidden=D_HIDDEN))
 
 
 def peak_rss_mb() -> float:
@@ -50,31 +58,35 @@ def peak_rss_mb() -> float:
 def reference_loop(data_dir: str, steps: int, warmup: int) -> dict:
     """The hand-written eager loop a user would start from."""
     from genforge.data import load_image_dataset
-    from genforge.models.dcgan import Discriminator, Generator, init_weights
+    from genforge.data.clusters import image_clusters
+    from genforge.models.dcgan import init_weights
 
     torch.manual_seed(0)
     ds = load_image_dataset("mnist", data_dir=data_dir)
     x = ds.images.permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=BATCH, shuffle=True, drop_last=True)
-    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH, hidden=D_HIDDEN)
+    # the preset's cluster ids (computed before timing, as genforge computes them before its first step)
+    y = image_clusters(ds.images, CLUSTERS) if CLUSTERS else torch.zeros(len(x), dtype=torch.long)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True, drop_last=True)
+    G, D = networks()
     init_weights(G), init_weights(D)
+    c = (lambda y: (y,)) if CLUSTERS else (lambda y: ())  # the label argument, when the networks take one
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
     ones, zeros = torch.ones(BATCH), torch.zeros(BATCH)
     done, t0 = 0, None
     while done < steps + warmup:
-        for (real,) in loader:
+        for real, y in loader:
             if done == warmup:
                 t0 = time.perf_counter()
             z = torch.randn(BATCH, 100)
-            fake = G(z)
+            fake = G(z, *c(y))
             opt_d.zero_grad()
-            loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
+            loss_d = bce(D(real, *c(y)), ones) + bce(D(fake.detach(), *c(y)), zeros)
             loss_d.backward()
             opt_d.step()
             opt_g.zero_grad()
-            loss_g = bce(D(fake), ones)
+            loss_g = bce(D(fake, *c(y)), ones)
             loss_g.backward()
             opt_g.step()
             float(loss_d), float(loss_g)  # a user logs the losses
@@ -110,15 +122,14 @@ def flops_per_image() -> float:
     """FLOPs of one training step (D update on real+fake, G update through D) divided by the batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from genforge.models.dcgan import Discriminator, Generator
-
-    G, D = Generator(28, 1, width=G_WIDTH), Discriminator(28, 1, width=D_WIDTH, hidden=D_HIDDEN)
+    G, D = networks()
     bce = nn.BCEWithLogitsLoss()
     real, z = torch.randn(BATCH, 1, 28, 28), torch.randn(BATCH, 100)
+    c = (torch.randint(CLUSTERS, (BATCH,)),) if CLUSTERS else ()
     with FlopCounterMode(display=False) as fc:
-        fake = G(z)
-        (bce(D(real), torch.ones(BATCH)) + bce(D(fake.detach()), torch.zeros(BATCH))).backward()
-        bce(D(fake), torch.ones(BATCH)).backward()
+        fake = G(z, *c)
+        (bce(D(real, *c), torch.ones(BATCH)) + bce(D(fake.detach(), *c), torch.zeros(BATCH))).backward()
+        bce(D(fake, *c), torch.ones(BATCH)).backward()
     return fc.get_total_flops() / BATCH
 
 

@@ -535,3 +535,31 @@ def test_augment_rejects_bad_settings():
         Augment(crop_padding=-1)
     with pytest.raises(UserError, match="scale"):
         Augment(scale=1.5)
+
+
+def test_kmeans_recovers_well_separated_groups_and_is_seeded():
+    from genforge.data.clusters import kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(300) % 3
+    x = centres[truth] + 0.5 * torch.randn(300, 2, generator=g)
+    assign, found = kmeans(x, 3, seed=1)
+    # each found cluster is exactly one true group (up to renumbering)
+    pairs = set(zip(assign.tolist(), truth.tolist()))
+    assert len(pairs) == 3 and len({a for a, _ in pairs}) == 3
+    assert torch.cdist(found, centres).min(1).values.max() < 0.3
+    assert torch.equal(kmeans(x, 3, seed=1)[0], assign)
+    with pytest.raises(ValueError, match="k-means"):
+        kmeans(x[:2], 3)
+
+
+def test_image_clusters_split_mnist_mini_mostly_by_digit():
+    from genforge.data.clusters import image_clusters
+
+    ds = load_image_dataset("mnist-mini")
+    assign = image_clusters(ds.images, 30, seed=0)
+    assert assign.shape == (10000,) and torch.bincount(assign, minlength=30).min() > 0
+    # purity: the share of images whose cluster's most common digit is their own (chance: ~0.11)
+    purity = sum(torch.bincount(ds.labels[assign == j], minlength=10).max().item() for j in range(30)) / 10000
+    assert purity > 0.6, purity

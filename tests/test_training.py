@@ -179,3 +179,39 @@ def test_select_best_without_evaluation_is_a_clear_error(tmp_path):
     run = train(tiny_config(max_steps=2), tmp_path / "r", progress=False).run_dir
     with pytest.raises(UserError, match="--select last"):
         genforge.load(run, select="best")
+
+
+def test_self_conditioned_gan_trains_on_clusters_and_samples_them_by_their_share(tmp_path):
+    run = train(tiny_config(model={"clusters": 5}, max_steps=4), tmp_path / "sc", progress=False).run_dir
+    meta = json.loads((run / "config.json").read_text())
+    counts = meta["data"]["cluster_counts"]
+    assert meta["data"]["clusters"] == 5 and len(counts) == 5 and sum(counts) == 10000 and min(counts) > 0
+    assignment = load_file(str(run / "clusters.safetensors"))["assignment"]
+    assert torch.equal(torch.bincount(assignment, minlength=5), torch.tensor(counts))
+    model = genforge.load(run)
+    assert not model.conditional and model.net.num_classes == 5  # the user sees an unconditional model
+    prior = model.net.label_prior
+    assert torch.allclose(prior, torch.tensor(counts, dtype=torch.float32) / sum(counts))
+    x = model.generate(6, seed=1)
+    assert x.shape == (6, 28, 28, 1) and (x == model.generate(6, seed=1)).all()
+    with pytest.raises(UserError, match="not class-conditional"):
+        model.generate(2, labels=1)
+
+
+def test_self_conditioned_gan_resumes_exactly_on_the_same_clusters(tmp_path):
+    cfg = lambda steps: tiny_config(model={"clusters": 4}, max_steps=steps, checkpoint_every=100)  # noqa: E731
+    full = train(cfg(4), tmp_path / "full", progress=False).run_dir
+    part = tmp_path / "part"
+    train(cfg(2), part, progress=False)
+    first = load_file(str(part / "clusters.safetensors"))["assignment"]
+    train(cfg(4), part, resume=True, progress=False)
+    assert torch.equal(load_file(str(part / "clusters.safetensors"))["assignment"], first)
+    w_full, w_part = weights(full), weights(part)
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+
+
+def test_clusters_do_not_mix_with_class_conditioning(tmp_path):
+    with pytest.raises(UserError, match="clusters"):
+        train(tiny_config(model={"clusters": 4, "conditional": True}), tmp_path / "x", progress=False)
+    with pytest.raises(UserError, match="latent_codes"):
+        train(tiny_config(model={"clusters": 4, "latent_codes": 3}), tmp_path / "y", progress=False)

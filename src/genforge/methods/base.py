@@ -33,6 +33,7 @@ class DataSpec:
     width: int
     channels: int
     num_classes: int  # 0 when unlabelled
+    label_counts: tuple[int, ...] = ()  # images per label, when the method trains on pseudo-labels (clusters)
 
 
 class TrainingData(Protocol):

@@ -3,20 +3,30 @@
 Per step: D learns to tell real from G(z) (BCE on logits), then G learns to make D say "real"
 (the non-saturating loss of Goodfellow et al. 2014, -log D(G(z))). The fake batch is generated once
 and reused for both updates, as in the PyTorch DCGAN example.
+
+Self-conditioning (`clusters`, Liu et al. 2020): an unconditional run clusters its training images with
+k-means and trains exactly like the class-conditional GAN with the cluster ids as labels; samples draw a
+cluster by its share of the data. No labels are used, yet G no longer has to stretch one Gaussian over
+every mode, which is where unconditional samples turn into blends of two digits.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from safetensors.torch import load_file
 
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, MethodConfig
-from genforge.methods.images import ImageMethod
+from genforge.methods.images import ImageData, ImageMethod
 from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent
+
+CLUSTERS_FILE = "clusters.safetensors"  # self-conditioning: each training image's cluster, kept for resume
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -38,6 +48,9 @@ class GANConfig(MethodConfig):
     info_weight: float = Field(1.0, ge=0, description="weight of InfoGAN's code-prediction loss (latent_codes > 0)")
     d_spectral_norm: bool = Field(False, description="spectral norm on D's layers instead of BatchNorm (Miyato et al. 2018)")
     real_label: float = Field(1.0, gt=0.5, le=1.0, description="D's target for real images; 0.9 = one-sided label smoothing (Salimans et al. 2016)")
+    clusters: int = Field(0, ge=0, description="self-conditioning (Liu et al. 2020): k-means the training images into "
+                          "this many clusters and condition G and D on the cluster, as a cGAN is on labels; samples "
+                          "draw clusters by their share of the data. Unconditional models only; 0: off")
 
 
 class GANMethod(ImageMethod):
@@ -49,19 +62,66 @@ class GANMethod(ImageMethod):
     def build_exported(cls, cfg: GANConfig, spec: DataSpec) -> Generator:
         if spec.height != spec.width:
             raise ValueError(f"DCGAN needs square images, got {spec.height}x{spec.width}; set data.image_size")
-        classes = spec.num_classes if cfg.conditional else 0
+        cls._check(cfg)
+        classes = cls._num_labels(cfg, spec)
         if cfg.conditional and not classes:
             raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
-        if cfg.conditional and cfg.latent_codes:
-            raise UserError("model.latent_codes (InfoGAN) is for unconditional models; set model.conditional=false "
-                            "or model.latent_codes=0.")
-        return Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
-                         cfg.extra_layers, cfg.latent_codes)
+        G = Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
+                      cfg.extra_layers, cfg.latent_codes, label_prior=cfg.clusters > 0)
+        if cfg.clusters and spec.label_counts:
+            counts = torch.tensor(spec.label_counts, dtype=torch.float32)
+            G.label_prior.copy_(counts / counts.sum())
+        return G
+
+    @staticmethod
+    def _check(cfg: GANConfig) -> None:
+        if cfg.latent_codes and (cfg.conditional or cfg.clusters):
+            raise UserError("model.latent_codes (InfoGAN) is for unconditional models without clusters; set "
+                            "model.latent_codes=0, or model.conditional=false and model.clusters=0.")
+        if cfg.conditional and cfg.clusters:
+            raise UserError("model.clusters (self-conditioning) is for unconditional models: a conditional model "
+                            "already has labels. Set model.clusters=0 or model.conditional=false.")
+
+    @staticmethod
+    def _num_labels(cfg: GANConfig, spec: DataSpec) -> int:
+        """How many labels G and D are conditioned on: classes, clusters, or none."""
+        return cfg.clusters or (spec.num_classes if cfg.conditional else 0)
+
+    @classmethod
+    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
+        data = super().prepare_data(cfg, data_dir, run_dir, resume, accelerator)
+        mcfg = cls.Config.model_validate(cfg.model)
+        if not mcfg.clusters:
+            return data
+        cls._check(mcfg)
+        from genforge.artifacts import save_weights  # artifacts imports the methods: imported here, not at the top
+        from genforge.data.clusters import image_clusters
+
+        # Computed once per run and kept in the run directory: a resumed run (or the other processes of a
+        # distributed one) trains on exactly the same pseudo-labels.
+        path = Path(run_dir) / CLUSTERS_FILE
+        n = len(data.images)
+        if mcfg.clusters > n:
+            raise UserError(f"model.clusters={mcfg.clusters} is more than the {n} training images; use fewer clusters.")
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not (resume and path.exists()):
+                assign = image_clusters(data.images.cpu(), mcfg.clusters, seed=cfg.train.seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_weights(Path(run_dir), {"assignment": assign}, metadata={"clusters": str(mcfg.clusters)},
+                             name=CLUSTERS_FILE)
+            assign = load_file(str(path))["assignment"]
+        if len(assign) != n or int(assign.max()) >= mcfg.clusters:
+            raise UserError(f"{path} does not match this run's data or model.clusters; delete it and start the run again.")
+        counts = torch.bincount(assign, minlength=mcfg.clusters)
+        data.labels = assign.to(data.images.device)
+        data.spec = replace(data.spec, num_classes=mcfg.clusters, label_counts=tuple(counts.tolist()))
+        data.meta = {**data.meta, "clusters": mcfg.clusters, "cluster_counts": counts.tolist()}
+        return data
 
     def setup(self, train_cfg) -> None:
         cfg, spec = self.cfg, self.spec
         G = self.build_exported(cfg, spec)
-        D = Discriminator(spec.height, spec.channels, cfg.d_width, spec.num_classes if cfg.conditional else 0,
+        D = Discriminator(spec.height, spec.channels, cfg.d_width, self._num_labels(cfg, spec),
                           cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes)
         init_weights(G)
         init_weights(D)
@@ -79,7 +139,7 @@ class GANMethod(ImageMethod):
     def training_step(self, accelerator, micro_batches, rng):
         G, D = self.networks["generator"], self.networks["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
-        cond = self.cfg.conditional
+        cond = self.cfg.conditional or self.cfg.clusters > 0  # fakes take the labels (or clusters) of the real batch
         k = len(micro_batches)
         # With one micro-batch the fakes made for D's update are reused for G's (one G forward per step).
         # With several, DDP must see each network's forward and backward inside the same no_sync window,
@@ -152,7 +212,9 @@ class GANMethod(ImageMethod):
     def sample(cls, net, spec, n, labels, rng, device):
         z = sample_latent(n, net.z_dim, getattr(net, "codes", 0), rng)[0].to(device)
         if net.num_classes:
-            if labels is None:
+            if labels is None and net.label_prior is not None:  # self-conditioned: clusters as often as in the data
+                labels = torch.multinomial(net.label_prior.float().cpu(), n, replacement=True, generator=rng)
+            elif labels is None:
                 labels = torch.arange(n) % net.num_classes
             return net(z, labels.to(device))
         return net(z)

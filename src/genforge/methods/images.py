@@ -88,7 +88,8 @@ class ImageMethod(Method):
         """A grid from fixed noise: 8 x 8, or one row per class for conditional models."""
         from genforge.visual import save_grid
 
-        num_classes = getattr(net, "num_classes", 0)
+        # one row per class for a conditional model; a self-conditioned one (clusters) draws its own, like an unconditional one
+        num_classes = getattr(net, "num_classes", 0) if getattr(net, "label_prior", None) is None else 0
         if num_classes:
             per_row = 8 if num_classes <= 16 else 1
             labels = torch.arange(num_classes).repeat_interleave(per_row)[:160]

@@ -5,7 +5,9 @@ LeakyReLU(0.2) in D, no pooling, tanh output. The number of 2x up/down-sampling 
 image side: 28 -> 7x7 start (2 stages), 32 -> 4x4 (3 stages), 64 -> 4x4 (4 stages).
 
 Conditioning (so a user can ask for "digit 7"): G concatenates a learned label embedding to z; D is a
-projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
+projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>. A self-conditioned G
+(labels are k-means clusters, not classes) also keeps `label_prior`, each cluster's share of the data, to
+draw clusters from when nobody asks for one.
 
 Options beyond the paper, each measured on unconditional MNIST (benchmarks/RESULTS.md): `hidden`, a fully
 connected layer before D's output (as in InfoGAN's MNIST D), so D judges the whole digit and not a
@@ -44,9 +46,14 @@ def sample_latent(n: int, z_dim: int, codes: int, rng: torch.Generator) -> tuple
 
 class Generator(nn.Module):
     def __init__(self, image_size: int, channels: int, z_dim: int = 100, width: int = 64,
-                 num_classes: int = 0, embed_dim: int = 50, extra_layers: int = 0, codes: int = 0):
+                 num_classes: int = 0, embed_dim: int = 50, extra_layers: int = 0, codes: int = 0,
+                 label_prior: bool = False):
         super().__init__()
         self.z_dim, self.num_classes, self.codes = z_dim, num_classes, codes
+        if label_prior:  # saved with the weights, so a loaded model samples clusters as often as training saw them
+            self.register_buffer("label_prior", torch.full((num_classes,), 1.0 / num_classes))
+        else:
+            self.label_prior = None
         n = stages_for(image_size)
         self.start = image_size // 2**n
         self.start_ch = width * 2 ** (n - 1)
