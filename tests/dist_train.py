@@ -1,5 +1,5 @@
-"""Run under `accelerate launch --num_processes 2`: trains a tiny recipe (argv[3]: gan, the default, or
-lm) and records, per rank, the final weights and which artifact files that rank wrote."""
+"""Run under `accelerate launch --num_processes 2`: trains a tiny recipe (argv[3]: gan, the default,
+gan-clusters (self-conditioned) or lm) and records, per rank, the final weights and which artifact files that rank wrote."""
 
 import json
 import sys
@@ -14,7 +14,8 @@ from genforge.training import loop
 from tiny import tiny_config, tiny_lm_config
 
 run_dir, report_dir = Path(sys.argv[1]), Path(sys.argv[2])
-family = sys.argv[3] if len(sys.argv) > 3 else "gan"
+recipe = sys.argv[3] if len(sys.argv) > 3 else "gan"
+family = "gan" if recipe.startswith("gan") else recipe
 rank = int(__import__("os").environ.get("RANK", "0"))
 writes = []
 for owner, name in ((artifacts, "save_weights"), (artifacts, "write_config"), (Tokenizer, "save")):
@@ -36,7 +37,8 @@ def capture(self, train_cfg):
 
 
 loop.get_method(family).setup = capture
-cfg = tiny_lm_config() if family == "lm" else tiny_config(max_steps=4, checkpoint_every=2)
+cfg = (tiny_lm_config() if family == "lm" else
+       tiny_config(model={"clusters": 4} if recipe == "gan-clusters" else None, max_steps=4, checkpoint_every=2))
 result = loop.train(cfg, run_dir, progress=False)
 method = captured["method"]
 state = {}

@@ -51,6 +51,16 @@ def test_two_processes_stay_identical_and_only_rank0_writes(tmp_path):
     assert json.loads((run / "config.json").read_text())["step"] == 4
 
 
+def test_two_process_self_conditioned_gan_shares_one_clustering(tmp_path):
+    run, report = launch(tmp_path, "gan-clusters")
+    r0 = assert_ranks_identical(report)  # same pseudo-labels on both ranks, or D's projection would drift apart
+    assert r0["generator.label_prior"].shape == (4,)
+    w1 = json.loads((report / "rank1.json").read_text())
+    assert w1["writes"] == []  # rank 1 read clusters.safetensors, it did not write it
+    counts = json.loads((run / "config.json").read_text())["data"]["cluster_counts"]
+    assert len(counts) == 4 and sum(counts) == 10000
+
+
 def test_two_process_language_model_stays_identical_and_only_rank0_writes(tmp_path):
     run, report = launch(tmp_path, "lm")
     r0 = assert_ranks_identical(report)  # each rank drew its own windows and dropout masks; DDP averaged them
