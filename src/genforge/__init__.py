@@ -3,14 +3,15 @@
 __version__ = "0.1.0"
 
 
-def load(run_dir, device=None, select=None):
+def load(run_dir, device=None, select=None, precision="auto"):
     """Load a trained run directory; returns an object with `generate(n, seed=None, labels=None)`.
 
     select: "best" | "last" | None (best-by-evaluation weights when the run kept them, else last).
+    precision: "auto" (measured on this machine, cached) | "no" (fp32) | "bf16" | "fp16".
     """
     from genforge.artifacts import load as _load
 
-    return _load(run_dir, device, select)
+    return _load(run_dir, device, select, precision)
 
 
 __all__ = ["__version__", "load"]

@@ -6,15 +6,19 @@ Loading reads JSON and safetensors only, never pickle, so opening someone else's
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from abc import ABC, abstractmethod
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.methods import DataSpec, get_method
@@ -58,11 +62,44 @@ def read_config(run_dir: str | Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
 
 
-class ImageGenerator:
+def _network_shapes(net: torch.nn.Module) -> list:
+    return [[k, list(p.shape)] for k, p in net.named_parameters()]
+
+
+class _Generator(ABC):
+    """What image and text generators share: the precision generation runs in, chosen at load time.
+
+    `auto` times one unit of generation (a batch of images, a short run of decode steps) in each
+    precision this device runs fast and keeps the faster, fp32 on a near tie (genforge.precision);
+    the verdict is cached per machine and model shape.
+    """
+
+    PROBE_BATCH: int = 1
+    precision: prec.Verdict
+
+    @abstractmethod
+    def _generation_steps(self, names: list[str]) -> dict[str, Callable[[], object]]:
+        """{precision: one unit of this generator's work in that precision}, for the probe."""
+
+    def _use_precision(self, precision: str) -> None:
+        family = self.meta.get("family", "?")
+        sig = prec.signature(family, _network_shapes(self.net), self.PROBE_BATCH)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.precision = prec.decide(precision, self.device, f"generate {family} batch {self.PROBE_BATCH}", sig,
+                                         self._generation_steps, budget_s=1.0)
+        self.dtype = prec.autocast_dtype(self.precision.used)
+
+    def _autocast(self, dtype: torch.dtype | None):
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class ImageGenerator(_Generator):
     """A loaded image model: `generate(n, seed, labels)` -> uint8 (N, H, W, C)."""
 
+    PROBE_BATCH = 64
+
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, device: torch.device,
-                 weights_file: str = WEIGHTS_FILE):
+                 weights_file: str = WEIGHTS_FILE, precision: str = "no"):
         self.run_dir, self.meta, self.net, self.device = run_dir, meta, net, device
         self.weights_file = weights_file  # which weights were loaded: model.safetensors or model-best.safetensors
         data = meta["data"]
@@ -70,6 +107,17 @@ class ImageGenerator:
         self.method = get_method(meta["family"])
         self.classes: list[str] = list(data.get("classes") or [])
         self.conditional: bool = bool(meta["model"].get("conditional", False))
+        self._use_precision(precision)
+
+    def _generation_steps(self, names):
+        def step_in(dtype):
+            def step():
+                rng = torch.Generator().manual_seed(0)
+                with torch.no_grad(), self._autocast(dtype):
+                    self.method.sample(self.net, self.spec, self.PROBE_BATCH, None, rng, self.device)
+            return step
+
+        return {name: step_in(prec.autocast_dtype(name)) for name in names}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -110,7 +158,8 @@ class ImageGenerator:
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
-            x = self.method.sample(self.net, self.spec, m, lab, rng, self.device)
+            with self._autocast(self.dtype):
+                x = self.method.sample(self.net, self.spec, m, lab, rng, self.device)
             out.append(from_model_range(x.float()).cpu())
         return torch.cat(out).numpy()
 
@@ -120,7 +169,7 @@ class ImageGenerator:
         return save_grid(images, path, nrow)
 
 
-class TextGenerator:
+class TextGenerator(_Generator):
     """A loaded language model: `generate(prompt, ...)` -> str (or a list for a list of prompts), `stream(...)`.
 
     A prompt longer than the model's context is cropped to its last block (and the window slides as text
@@ -128,10 +177,36 @@ class TextGenerator:
     unknown id is never generated.
     """
 
+    PROBE_TOKENS = 16  # one probe step: a one-token prompt continued by this many tokens, batch 1
+
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, tokenizer, device: torch.device,
-                 weights_file: str = WEIGHTS_FILE):
+                 weights_file: str = WEIGHTS_FILE, precision: str = "no"):
         self.run_dir, self.meta, self.net, self.tokenizer, self.device = run_dir, meta, net, tokenizer, device
         self.weights_file = weights_file
+        self._cast: dict[torch.dtype, torch.nn.Module] = {}  # low-precision copies of the weights, cast once
+        self._use_precision(precision)
+        self._cast = {k: v for k, v in self._cast.items() if k == self.dtype}  # keep only the chosen copy
+
+    def _net_in(self, dtype: torch.dtype | None) -> torch.nn.Module:
+        """The network with its weights in `dtype` (a copy cast once and kept), or the fp32 one."""
+        if dtype is None or dtype == next(self.net.parameters()).dtype:
+            return self.net
+        if dtype not in self._cast:
+            self._cast[dtype] = copy.deepcopy(self.net).to(dtype)
+        return self._cast[dtype]
+
+    def _generation_steps(self, names):
+        from genforge.models.sampling import generate_ids
+
+        def step_in(dtype):
+            net = self._net_in(dtype)
+
+            def step():
+                generate_ids(net, [[0]], self.PROBE_TOKENS, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                             dtype=dtype)
+            return step
+
+        return {name: step_in(prec.autocast_dtype(name)) for name in names}
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -179,7 +254,8 @@ class TextGenerator:
         rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
         ids = [self._prompt_ids(p) for p in prompts]
         unk = self.tokenizer.unk_id  # stands for no character: it would only print as U+FFFD
-        for _ in generate(self.net, ids, max_new_tokens, temperature, top_k, top_p, generator=rng,
+        dtype = self.dtype if dtype is None else dtype
+        for _ in generate(self._net_in(dtype), ids, max_new_tokens, temperature, top_k, top_p, generator=rng,
                           should_stop=on_token, use_cache=use_cache, dtype=dtype,
                           banned_ids=[] if unk is None else [unk]):
             yield [take(b, final=False) for b in range(len(prompts))]
@@ -218,12 +294,16 @@ class TextGenerator:
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None,
-         select: str | None = None) -> ImageGenerator | TextGenerator:
+         select: str | None = None, precision: str = "auto") -> ImageGenerator | TextGenerator:
     """Load a trained run directory for generation (safetensors only).
 
     `select`: "best" (the weights with the best in-training evaluation), "last", or None = best when the
-    run kept one, else last.
+    run kept one, else last. `precision`: "auto" (time generation in each precision this device runs
+    fast and keep the faster; the verdict is cached per machine and model shape), "no" (fp32) or "bf16" /
+    "fp16"; the choice and its figures are in the generator's `.precision`.
     """
+    if precision not in prec.SETTINGS:
+        raise UserError(f"precision must be one of {', '.join(prec.SETTINGS)}; got '{precision}'.")
     run_dir = Path(run_dir)
     meta = read_config(run_dir)
     if select not in (None, "best", "last"):
@@ -254,5 +334,5 @@ def load(run_dir: str | Path, device: str | torch.device | None = None,
 
         if not (run_dir / "tokenizer.json").exists():
             raise UserError(f"{run_dir} has no tokenizer.json, which a text model needs; the run directory is incomplete.")
-        return TextGenerator(run_dir, meta, net, load_tokenizer(run_dir), dev, weights.name)
-    return ImageGenerator(run_dir, meta, net, dev, weights.name)
+        return TextGenerator(run_dir, meta, net, load_tokenizer(run_dir), dev, weights.name, precision)
+    return ImageGenerator(run_dir, meta, net, dev, weights.name, precision)

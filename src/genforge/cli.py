@@ -122,6 +122,7 @@ def sample(
     top_k: Optional[int] = typer.Option(None, help="Text models: sample from the k most likely tokens only."),
     top_p: Optional[float] = typer.Option(None, help="Text models: nucleus sampling, keep the most likely tokens up to this probability."),
     stop: List[str] = typer.Option([], "--stop", help="Text models: end a text at this string, left out (repeatable)."),
+    precision: str = typer.Option("auto", help="auto: time generation in fp32 and bf16 on this machine and use the faster (cached); no: fp32; bf16; fp16."),
 ):
     """Generate images or text from a trained run."""
     import numpy as np
@@ -130,7 +131,7 @@ def sample(
     from genforge.artifacts import TextGenerator
     from genforge.visual import save_grid, to_pil
 
-    model = load(run_dir, select=select)
+    model = load(run_dir, select=select, precision=precision)
     text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
     if isinstance(model, TextGenerator):
@@ -187,6 +188,61 @@ def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, 
     Path(out_arg).parent.mkdir(parents=True, exist_ok=True)
     Path(out_arg).write_text(joined, encoding="utf-8")
     out.print(f"wrote {out_arg} ({n} text{'s' if n > 1 else ''})", highlight=False)
+
+
+@app.command()
+@user_errors
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    no_measure: bool = typer.Option(False, "--no-measure", help="Skip the matrix-product timings (about 1 s)."),
+):
+    """What this machine offers: CPU and its bf16/AMX flags or GPU, torch and threads, measured fp32 and bf16
+    matrix-product rates, memory, data and cache folders, optional components, cached precision verdicts.
+    Paste it into a bug report."""
+    from genforge.doctor import machine_report
+
+    report = machine_report(measure=not no_measure)
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    cpu, t = report["cpu"], report["torch"]
+    lines = [
+        ("genforge", f"{report['genforge']} (Python {report['python']}, {report['platform']})"),
+        ("CPU", f"{cpu['model']}, {cpu['cores']} cores"),
+        ("CPU flags", f"{' '.join(cpu['flags']) or 'none of interest'}; torch kernels: {cpu['torch_capability']}; "
+                      f"oneDNN bf16 kernels: {'yes' if cpu['onednn_bf16_kernels'] else 'no'}"),
+        ("GPU", "none" if not report["gpu"] else
+         f"{report['gpu']['name']} x{report['gpu']['count']}, {report['gpu']['memory_gib']} GiB, bf16 {report['gpu']['bf16']}"),
+        ("torch", f"{t['version']}, {t['threads']} threads ({t['interop_threads']} inter-op)"),
+    ]
+    if "matmul_gflops" in report:
+        m = report["matmul_gflops"]
+        lines.append(("matmul", f"fp32 {m['fp32']:,.1f} GFLOP/s, bf16 {m['bf16']:,.1f} GFLOP/s "
+                                f"(bf16 at {m['bf16'] / max(m['fp32'], 1e-9):.2f}x fp32)"))
+    mem = report["memory"]
+    lines += [
+        ("memory", f"{mem.get('MemAvailable', '?')} free of {mem.get('MemTotal', '?')}"),
+        ("auto precision", "; ".join(f"{k}: times " + " and ".join({"no": "fp32"}.get(x, x) for x in v)
+                                     + ("" if len(v) > 1 else " only (no fast bf16 kernels here)")
+                                     for k, v in report["auto_precision_candidates"].items())),
+        ("data folder", report["directories"]["data"]),
+        ("cache folder", report["directories"]["cache"]),
+    ]
+    table = Table(box=None, show_header=False)
+    for k, v in lines:
+        table.add_row(f"[bold]{k}[/]", v)
+    out.print(table)
+    comps = Table("component", "version", "used for", box=None)
+    for dist, c in report["components"].items():
+        comps.add_row(dist, c["version"] or "[dim]not installed[/]", c["for"])
+    out.print(comps)
+    verdicts = report["cached_precision_verdicts"]
+    if verdicts:
+        vt = Table("cached precision verdict", "used", "speed vs fp32", "date", box=None)
+        for key, v in verdicts.items():
+            speeds = ", ".join(f"{k} {x:.2f}x" for k, x in (v.get("speed_vs_fp32") or {}).items() if k != "no")
+            vt.add_row(key, str(v.get("used")), speeds, str(v.get("date")))
+        out.print(vt)
 
 
 @app.command()

@@ -16,6 +16,7 @@ are never mistaken for comparable ones.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from genforge import precision as prec
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, resolve_data_dir, to_model_range
 from genforge.data.registry import EMBEDDED_MNIST_MINI, parse_name
 from genforge.errors import UserError
@@ -151,15 +153,28 @@ class _FusedEvaluator(nn.Module):
         return f, self.head(f)
 
 
-def _bf16_fast(device: torch.device) -> bool:
-    """bf16 autocast only where the hardware has bf16 matrix units; elsewhere it is slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def _training_precision(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) -> str:
+    """fp32 or bf16 for the evaluator's training, by timing its step in both (genforge.precision): the
+    faster depends on the processor, not on a flag. The probe trains a copy and restores the RNG."""
+    dev = x.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        probe = copy.deepcopy(net)
+        opt = torch.optim.AdamW(probe.parameters(), lr=lr)
+
+        def step_in(dtype):
+            def step():
+                with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = F.cross_entropy(probe(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                float(loss)
+            return step
+
+        sig = prec.signature([list(p.shape) for p in net.parameters()], list(x.shape))
+        verdict = prec.decide("auto", dev, "train evaluator", sig,
+                              lambda names: {n: step_in(prec.autocast_dtype(n)) for n in names})
+    return verdict.used
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -397,8 +412,10 @@ def train_evaluator(dataset: str, data_dir: str | Path | None = None, *, root: s
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.max_lr, total_steps=total, pct_start=0.2)
     augment = Augment(crop_padding=recipe.crop_padding, hflip=recipe.hflip)
-    bf16 = _bf16_fast(dev)
     x_all, y_all = images.to(dev), labels.to(dev)
+    first = torch.arange(recipe.batch_size, device=dev)
+    bf16 = _training_precision(net, to_model_range(x_all[first]).contiguous(memory_format=torch.channels_last),
+                               y_all[first], recipe.max_lr) == "bf16"
     t0 = time.perf_counter()
     perm, epoch = None, -1
     with progress_bar(progress, f"training the {domain} evaluator", total) as advance:

@@ -50,7 +50,8 @@ class TrainConfig(Strict):
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX/AVX512-BF16), else fp32")
+        "auto", description="auto: time a few training steps in fp32 and in bf16 (fp16 too on GPUs) on this machine and use "
+                           "the faster, fp32 on a near tie (cached per machine and model shape); no: fp32")
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the networks (slow to start; pays off on long GPU runs)")
     @field_validator("mixed_precision", mode="before")

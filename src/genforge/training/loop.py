@@ -18,30 +18,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 
 from genforge import artifacts
 from genforge.errors import UserError
 from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
 from genforge.training.config import Config, format_validation_error
+from genforge.precision import Verdict
+from genforge.training.autoprecision import training_precision
 from genforge.training.ema import EMA, recalibrated_copy
-from genforge.training.progress import ProgressReporter, StopOnSignal
+from genforge.training.progress import ProgressReporter, StopOnSignal, say
 from genforge.visual import save_loss_plot
-
-
-def resolve_precision(setting: str) -> str:
-    """'auto' -> 'bf16' where bf16 matrix units exist (CUDA bf16, CPU AMX / AVX512-BF16), else 'no'."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "no"
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
 
 
 class TrainingDiverged(UserError):
@@ -55,6 +44,7 @@ class TrainResult:
     items_per_second: float  # training throughput in `unit`s per second
     last_losses: dict[str, float]
     unit: str = "images"  # "images" or "tokens"
+    precision: str = "no"  # the precision the run trained in ("no" = fp32, "bf16", "fp16")
 
     @property
     def images_per_second(self) -> float:
@@ -105,18 +95,25 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     # processes over gloo (Accelerate's MULTI_CPU); with a GPU it is False and the GPU is used.
     # Accelerate keeps its settings in a process-wide singleton; a second train() in the same process (a
     # notebook, a benchmark) may ask for another precision, so the per-run part is reset. The process
-    # group (PartialState) stays.
+    # group (PartialState) stays. The data is loaded with the process state alone, because the precision,
+    # and with it the Accelerator, is chosen afterwards by timing steps on that data.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     no_accel = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-    accelerator = Accelerator(mixed_precision=resolve_precision(tcfg.mixed_precision), cpu=no_accel,
-                              log_with="tensorboard", project_dir=str(run_dir))
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    state = PartialState(cpu=no_accel)
     set_seed(tcfg.seed)
 
-    data = method_cls.prepare_data(cfg, data_dir, run_dir, resume, accelerator)
+    data = method_cls.prepare_data(cfg, data_dir, run_dir, resume, state)
     total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * data.steps_per_epoch)
     self_scoring = evaluate is None and method_cls.self_evaluates  # e.g. language models: validation loss
+
+    verdict = _choose_precision(tcfg.mixed_precision, run_dir, resume, method_cls, method_cfg, data, tcfg, total,
+                                state)
+    accelerator = Accelerator(mixed_precision=verdict.used, cpu=no_accel, log_with="tensorboard",
+                              project_dir=str(run_dir))
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if progress and accelerator.is_main_process and verdict.source != "explicit":
+        say(verdict.describe())
 
     method = method_cls(method_cfg, data.spec, total_steps=total)
     method.setup(tcfg)
@@ -144,6 +141,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         "model": method_cfg.model_dump(),
         "data": data.meta,
         "config": cfg.model_dump(),
+        "precision": verdict.as_dict(),
     }
     metrics_path = run_dir / "metrics.jsonl"
     step = 0
@@ -160,6 +158,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     if accelerator.is_main_process:
         artifacts.write_config(run_dir, {**meta, "step": step})
         (run_dir / "samples").mkdir(exist_ok=True)
+    if accelerator.is_main_process and verdict.source != "explicit":  # the choice and its measured ratio
+        with metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, "event": "precision", **verdict.as_dict()}) + "\n")
     accelerator.init_trackers("tensorboard")
 
     fixed_rng_seed = _step_seed(tcfg.seed, 0, 0, 99)  # the same noise / prompt seed for every sample
@@ -287,4 +288,20 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, step, ips_total, last_losses, data.unit)
+    return TrainResult(run_dir, step, ips_total, last_losses, data.unit, verdict.used)
+
+
+def _choose_precision(setting: str, run_dir: Path, resume: bool, method_cls, method_cfg, data, tcfg, total: int,
+                      state: PartialState) -> Verdict:
+    """The run's precision: explicit as given; `auto` measured (or cached), or on resume the one the run
+    started with, so a resumed run continues bit for bit. Every process uses rank 0's verdict."""
+    if setting == "auto" and resume:
+        recorded = (artifacts.read_config(run_dir).get("precision") or {}).get("used")
+        if recorded:
+            return Verdict(recorded, "auto", "resumed", device=f"{state.device}", workload=f"train {method_cls.family}")
+    verdict = training_precision(setting, method_cls, method_cfg, data, tcfg, total, state.device)
+    if state.num_processes > 1:
+        box = [verdict.as_dict() if state.is_main_process else None]
+        broadcast_object_list(box, from_process=0)
+        verdict = Verdict(**box[0])
+    return verdict

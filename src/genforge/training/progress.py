@@ -8,6 +8,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def say(text: str) -> None:
+    """One line of information for the person watching (stderr, like the bar)."""
+    Console(stderr=True).print(text, highlight=False, soft_wrap=True)
+
+
 class ProgressReporter:
     def __init__(self, enabled: bool, total: int, start: int, unit: str = "images"):
         self.enabled = enabled
