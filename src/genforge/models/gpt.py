@@ -207,6 +207,41 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def decode_weights(self) -> list[tuple]:
+        """Each block's tensors in the order `decode_step` uses them, gathered once per generation:
+        reading them through the module tree costs more per token than the arithmetic at batch 1."""
+        return [(b.ln_1.weight, b.ln_1.bias, b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight,
+                 b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight, b.mlp.c_fc.bias,
+                 b.mlp.c_proj.weight, b.mlp.c_proj.bias) for b in self.h]
+
+    def decode_step(self, idx: torch.Tensor, cache: KVCache, start_pos: int | torch.Tensor,
+                    weights: list[tuple]) -> torch.Tensor:
+        """Next-token logits (B, vocab) for one new token per row (idx (B, 1)) at `start_pos`, filling `cache`.
+
+        The same arithmetic as `forward(idx, kv_cache=cache, start_pos=...)` in the same order (so the
+        same numbers), written flat: at batch 1 a token of a small model is a few dozen tiny kernels,
+        and the module calls, hooks and attribute look-ups around them took as long as the kernels.
+        Eval mode only (no dropout).
+        """
+        B = idx.size(0)
+        C, H = self.config.n_embd, self.config.n_head
+        per_row = isinstance(start_pos, torch.Tensor)
+        end = (int(start_pos.max()) + 1) if per_row else start_pos + 1
+        if end > self.config.block_size:
+            raise UserError(f"Sequence of length {end} is longer than the model's block_size ({self.config.block_size}).")
+        # Rows as 2-D (B, C) activations: a linear layer on them is one matrix product, where a (B, 1, C)
+        # input first goes through matmul's batch folding (same numbers, more dispatch).
+        x = self.wte.weight[idx.view(B)] + self.wpe.weight[start_pos]  # (B, C): a row's own position, or one for all
+        mask = self._attention_mask(1, start_pos, end, idx.device)
+        shape = (C,)
+        for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wm, bm) in enumerate(weights):
+            q, k, v = F.linear(F.layer_norm(x, shape, g1, b1), wa, ba).view(B, 3, H, 1, C // H).unbind(1)
+            k, v = cache.update(layer, k, v, start_pos, end)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, head_dim)
+            x = x + F.linear(y.view(B, C), wp, bp)
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, shape, g2, b2), wf, bf)), wm, bm)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
     def new_kv_cache(self, batch_size: int) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
@@ -233,6 +268,7 @@ class GPTSession:
         self.tokens = [list(p) for p in prompts]
         self.start = [max(0, len(p) - self.block) for p in prompts]  # long prompts keep their last block
         self.cache = model.new_kv_cache(len(prompts)) if use_cache else None
+        self.weights = model.decode_weights() if use_cache else None
         self.filled = [0] * len(prompts)  # cached positions per row
         self.logits = self._forward_windows(self.cache)
 
@@ -269,9 +305,8 @@ class GPTSession:
         pos = self.filled
         idx = torch.tensor(new_tokens, device=self.device).view(-1, 1)
         start = pos[0] if all(p == pos[0] for p in pos) else torch.tensor(pos, device=self.device)
-        h = self.model.hidden(idx, self.cache, start)
+        self.logits = self.model.decode_step(idx, self.cache, start, self.weights)
         self.filled = [p + 1 for p in pos]
-        self.logits = F.linear(h[:, -1], self.model.wte.weight)
         return self.logits
 
     def _refill(self, b: int) -> None:
