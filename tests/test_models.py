@@ -73,3 +73,27 @@ def test_discriminator_options_keep_the_interface(options):
     if options.get("extra_layers"):
         assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in D.modules()) == 2
         assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in G.modules()) == 2
+
+
+@pytest.mark.parametrize("options", [{}, {"num_classes": 5, "hidden": 16}, {"extra_layers": 1}])
+def test_stacked_batches_in_d_equal_separate_calls(options):
+    """D(cat([real, fake]), groups=2) gives the same logits, gradients and BatchNorm running statistics as
+    D(real) then D(fake): each half is normalised with its own batch statistics, in order."""
+    torch.manual_seed(0)
+    D1 = Discriminator(28, 1, width=8, **options).double()
+    init_weights(D1)
+    D2 = Discriminator(28, 1, width=8, **options).double()
+    D2.load_state_dict(D1.state_dict())
+    real, fake = torch.randn(6, 1, 28, 28, dtype=torch.float64), torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    labels = (torch.arange(6) % 5,) if options.get("num_classes") else ()
+    separate = torch.cat([D1(real, *labels), D1(fake, *labels)])
+    stacked = D2(torch.cat([real, fake]), *[torch.cat([y, y]) for y in labels], groups=2)
+    assert torch.allclose(separate, stacked, atol=1e-10)
+    (separate * torch.arange(12.0, dtype=torch.float64)).sum().backward()
+    (stacked * torch.arange(12.0, dtype=torch.float64)).sum().backward()
+    for (name, p1), p2 in zip(D1.named_parameters(), D2.parameters()):
+        assert torch.allclose(p1.grad, p2.grad, atol=1e-10), name
+    for (name, b1), b2 in zip(D1.named_buffers(), D2.buffers()):
+        assert torch.allclose(b1.double(), b2.double(), atol=1e-12), name
+    # and it is not the same as one BatchNorm over the whole stack
+    assert not torch.allclose(D2(torch.cat([real, fake]), *[torch.cat([y, y]) for y in labels]), stacked, atol=1e-6)

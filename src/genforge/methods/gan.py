@@ -171,13 +171,15 @@ class GANMethod(ImageMethod):
                     else:
                         with torch.no_grad():
                             fake = G(z, y) if cond else G(z)
-                    d_real = D(x, y) if cond else D(x)
                     if info:
+                        d_real = D(x, y) if cond else D(x)
                         d_fake, q = D(fake.detach(), code_logits=True)
                         loss_q = self._info_loss(q, c)
                         losses_q.append(loss_q.detach())
-                    else:
-                        d_fake, loss_q = (D(fake.detach(), y) if cond else D(fake.detach())), 0.0
+                    else:  # real and fake through D's convolutions at once, each with its own BatchNorm statistics
+                        both = torch.cat([x, fake.detach()])
+                        d_both = D(both, torch.cat([y, y]), groups=2) if cond else D(both, groups=2)
+                        (d_real, d_fake), loss_q = d_both.chunk(2), 0.0
                     loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
                     accelerator.backward((loss_d + loss_q) / k)
                 losses_d.append(loss_d.detach())
