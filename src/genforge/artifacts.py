@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from abc import ABC, abstractmethod
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

@@ -347,7 +347,7 @@ def _eval_text(run_dir: Path, data_dir: Optional[Path], select: Optional[str], e
     from genforge.methods.lm import SNIPPET_PROMPT, text_metrics
 
     t = time.perf_counter()
-    model = load(run_dir, select=select)
+    model = load(run_dir, select=select, precision="no")  # scores never depend on the machine's fastest precision
     metrics = text_metrics(model, data_dir, n_snippets=n, seed=seed)
     report = {"run_dir": str(run_dir), "model": {"family": "lm", "weights": model.weights_file},
               "metrics": metrics, "seed": seed, "seconds": round(time.perf_counter() - t, 2),

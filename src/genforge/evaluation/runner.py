@@ -145,7 +145,8 @@ def evaluate_run(run_dir: str | Path, n: int = 10_000, reference: str = "test", 
     _check_reference(reference)
     _check_n(n, k)
     dev = default_device(device)
-    model = load(run_dir, dev, select=select)
+    # fp32 samples: a score must not depend on which precision this machine happens to generate fastest in
+    model = load(run_dir, dev, select=select, precision="no")
     if not isinstance(model, ImageGenerator):
         raise UserError(f"{run_dir} is a text model; genforge eval scores image models. A language model's "
                         "validation loss is logged in metrics.jsonl when it is trained with train.eval_every.")

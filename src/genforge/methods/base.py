@@ -71,7 +71,11 @@ class Method(ABC):
     @classmethod
     @abstractmethod
     def prepare_data(cls, cfg, data_dir, run_dir: Path, resume: bool, accelerator) -> TrainingData:
-        """Load the training data named by `cfg.data` onto `accelerator.device` (see TrainingData)."""
+        """Load the training data named by `cfg.data` onto `accelerator.device` (see TrainingData).
+
+        `accelerator` is the process state (Accelerate's PartialState: `device`, `process_index`,
+        `num_processes`, `is_main_process`, `main_process_first()`), not the Accelerator: the loop makes
+        that afterwards, once `mixed_precision: auto` has timed steps on this data."""
         ...
 
     @classmethod
@@ -87,7 +91,11 @@ class Method(ABC):
 
     @abstractmethod
     def training_step(self, accelerator, micro_batches, rng: torch.Generator) -> dict[str, torch.Tensor]:
-        """One optimizer step over `micro_batches` (from `TrainingData.micro_batches`). Returns detached losses."""
+        """One optimizer step over `micro_batches` (from `TrainingData.micro_batches`). Returns detached losses.
+
+        Of the accelerator, use only `autocast()`, `backward()`, `no_sync()`, `clip_grad_norm_()` and
+        `device`: the precision probe (training/autoprecision.py) runs this same method with a stand-in
+        that offers exactly those."""
         ...
 
     @classmethod

@@ -25,9 +25,9 @@ from genforge import artifacts
 from genforge.errors import UserError
 from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
-from genforge.training.config import Config, format_validation_error
 from genforge.precision import Verdict
 from genforge.training.autoprecision import training_precision
+from genforge.training.config import Config, format_validation_error
 from genforge.training.ema import EMA, recalibrated_copy
 from genforge.training.progress import ProgressReporter, StopOnSignal, say
 from genforge.visual import save_loss_plot
