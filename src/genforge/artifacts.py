@@ -9,29 +9,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
+from genforge.files import atomic_write_text, save_tensors
 from genforge.methods import DataSpec, get_method
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 BEST_WEIGHTS_FILE = "model-best.safetensors"  # best in-training evaluation score, when evaluation was on
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_config(run_dir: Path, meta: dict) -> None:
@@ -41,12 +35,7 @@ def write_config(run_dir: Path, meta: dict) -> None:
 
 def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
                  name: str = WEIGHTS_FILE) -> Path:
-    path = run_dir / name
-    tmp = path.with_name(f".{path.name}.tmp")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata=metadata or {})
-    os.replace(tmp, path)
-    return path
+    return save_tensors(run_dir / name, state_dict, metadata)
 
 
 def read_config(run_dir: str | Path) -> dict:

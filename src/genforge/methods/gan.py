@@ -22,6 +22,7 @@ from pydantic import Field
 from safetensors.torch import load_file
 
 from genforge.errors import UserError
+from genforge.files import save_tensors
 from genforge.methods.base import DataSpec, MethodConfig
 from genforge.methods.images import ImageData, ImageMethod
 from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent
@@ -94,7 +95,6 @@ class GANMethod(ImageMethod):
         if not mcfg.clusters:
             return data
         cls._check(mcfg)
-        from genforge.artifacts import save_weights  # artifacts imports the methods: imported here, not at the top
         from genforge.data.clusters import image_clusters
 
         # Computed once per run and kept in the run directory: a resumed run (or the other processes of a
@@ -107,8 +107,7 @@ class GANMethod(ImageMethod):
             if accelerator.is_main_process and not (resume and path.exists()):
                 assign = image_clusters(data.images.cpu(), mcfg.clusters, seed=cfg.train.seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_weights(Path(run_dir), {"assignment": assign}, metadata={"clusters": str(mcfg.clusters)},
-                             name=CLUSTERS_FILE)
+                save_tensors(path, {"assignment": assign}, metadata={"clusters": str(mcfg.clusters)})
             assign = load_file(str(path))["assignment"]
         if len(assign) != n or int(assign.max()) >= mcfg.clusters:
             raise UserError(f"{path} does not match this run's data or model.clusters; delete it and start the run again.")
