@@ -6,7 +6,6 @@ Loading reads JSON and safetensors only, never pickle, so opening someone else's
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from abc import ABC, abstractmethod
@@ -79,7 +78,7 @@ class _Generator(ABC):
         self.dtype = prec.autocast_dtype(self.precision.used)
 
     def _autocast(self, dtype: torch.dtype | None):
-        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        return prec.autocast(self.device.type, dtype)
 
 
 class ImageGenerator(_Generator):

@@ -14,6 +14,7 @@ candidate (training: `training/autoprecision.py`; generation: `artifacts.py`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -101,6 +102,11 @@ def candidates(device: torch.device) -> list[str]:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """Autocast to `dtype`, or nothing for fp32 (None)."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def signature(*parts) -> str:

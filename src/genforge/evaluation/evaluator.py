@@ -163,7 +163,7 @@ def _training_precision(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: fl
 
         def step_in(dtype):
             def step():
-                with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with prec.autocast(dev.type, dtype):
                     loss = F.cross_entropy(probe(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -29,9 +29,7 @@ class _ProbeAccelerator:
         self.dtype: torch.dtype | None = None
 
     def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return prec.autocast(self.device.type, self.dtype)
 
     def prepare_model(self, net: torch.nn.Module) -> None:
         forward = net.forward.__func__ if hasattr(net.forward, "__func__") else None
