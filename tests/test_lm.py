@@ -21,7 +21,8 @@ import genforge
 from genforge.artifacts import TextGenerator
 from genforge.data.text import load_text_corpus
 from genforge.errors import UserError
-from genforge.methods.lm import lr_factor, python_parse_rate, text_metrics, trim_snippet
+from genforge.evaluation.text import python_parse_rate, text_metrics, trim_snippet
+from genforge.methods.lm import lr_factor
 from genforge.training import train, validate
 from genforge.training.checkpoint import latest_checkpoint
 

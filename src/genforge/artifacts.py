@@ -124,32 +124,119 @@ class ImageGenerator(_Generator):
             raise UserError(f"Label {label} is out of range: this model has {len(self.classes)} classes (0..{len(self.classes) - 1}).")
         return int(label)
 
+    def options(self) -> dict[str, dict]:
+        """This family's generation options beyond n / seed / labels: {name: {type, default, min, max, help}}."""
+        return {name: {"type": o.type.__name__, "default": o.default, "min": o.min, "max": o.max, "help": o.help}
+                for name, o in self.method.sample_options.items()}
+
+    def _options(self, options: dict) -> dict:
+        known = self.method.sample_options
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            have = f"Its options: {', '.join(known)}." if known else "It takes no options beyond n, seed and labels."
+            raise UserError(f"{', '.join(unknown)}: not an option of this {self.meta.get('family')} model. {have}")
+        return {k: known[k].check(k, v) for k, v in options.items() if v is not None}
+
+    def _labels(self, labels, n: int) -> torch.Tensor | None:
+        """One class index per image: from one label or a list; every class in turn when none is given."""
+        if labels is None:
+            return torch.arange(n) % self.spec.num_classes if self.conditional else None
+        if not self.conditional:
+            raise UserError("This model is not class-conditional: drop --label / labels.")
+        if isinstance(labels, (int, str, np.integer)):
+            labels = [labels] * n
+        labels = [self.label_index(lab) for lab in labels]
+        if len(labels) != n:
+            raise UserError(f"Got {len(labels)} labels for {n} images: give one label, or one per image.")
+        return torch.tensor(labels, dtype=torch.long)
+
+    def _rng(self, seed: int | None) -> torch.Generator:
+        return torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+
     @torch.no_grad()
-    def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500) -> np.ndarray:
-        """n images as uint8 (N, H, W, C). `labels`: one label (int or class name) or one per image."""
+    def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, **options) -> np.ndarray:
+        """n images as uint8 (N, H, W, C). `labels`: one label (int or class name) or one per image;
+        `options`: the family's own (`options()`), e.g. temperature for a VAE."""
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}.")
-        label_t = None
-        if labels is not None:
-            if not self.conditional:
-                raise UserError("This model is not class-conditional: drop --label / labels.")
-            if isinstance(labels, (int, str, np.integer)):
-                labels = [labels] * n
-            labels = [self.label_index(lab) for lab in labels]
-            if len(labels) != n:
-                raise UserError(f"Got {len(labels)} labels for {n} images: give one label, or one per image.")
-            label_t = torch.tensor(labels, dtype=torch.long)
-        elif self.conditional:
-            label_t = torch.arange(n) % self.spec.num_classes
-        rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        options = self._options(options)
+        label_t = self._labels(labels, n)
+        rng = self._rng(seed)
         out = []
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
             with self._autocast(self.dtype):
-                x = self.method.sample(self.net, self.spec, m, lab, rng, self.device)
+                x = self.method.sample(self.net, self.spec, m, lab, rng, self.device, **options)
             out.append(from_model_range(x.float()).cpu())
         return torch.cat(out).numpy()
+
+    # -- latent space: VAEs (encode, decode, reconstruct) and any family with latents (interpolate) ------------
+    def _model_input(self, images) -> torch.Tensor:
+        """uint8 (N, H, W, C) (numpy or torch) of this model's shape, converted with a notice when it differs."""
+        import warnings
+
+        from genforge.data import preprocess, to_model_range
+
+        x = torch.as_tensor(np.asarray(images))
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.dtype != torch.uint8 or x.shape[-1] not in (1, 3):
+            raise UserError(f"Images must be uint8 (N, H, W, C) with 1 or 3 channels; got {x.dtype} {tuple(x.shape)}.")
+        if tuple(x.shape[1:]) != self.image_shape:
+            if x.shape[1] != x.shape[2] and self.spec.height == self.spec.width:
+                raise UserError(f"Images of {x.shape[2]}x{x.shape[1]} are not square; this model takes "
+                                f"{self.spec.width}x{self.spec.height}. Fix: crop them, or pass files (they are centre-cropped).")
+            warnings.warn(f"converted images of shape {tuple(x.shape[1:])} to the model's {self.image_shape}")
+            x = preprocess(x, self.spec.height, self.spec.channels)
+        return to_model_range(x).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, images, labels=None) -> np.ndarray:
+        """Latents (posterior means) of images, uint8 (N, H, W, C) -> float32 (N, latent_dim)."""
+        x = self._model_input(images)
+        return self.method.encode(self.net, x, self._labels(labels, len(x))).float().cpu().numpy()
+
+    @torch.no_grad()
+    def decode(self, z, labels=None) -> np.ndarray:
+        """Images from latents, float (N, latent_dim) -> uint8 (N, H, W, C)."""
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=self.device)
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        return from_model_range(self.method.decode(self.net, z, self._labels(labels, len(z))).float()).cpu().numpy()
+
+    def reconstruct(self, images, labels=None) -> np.ndarray:
+        """decode(encode(images)): what the model keeps of each image, uint8 (N, H, W, C)."""
+        return self.decode(self.encode(images, labels), labels)
+
+    @torch.no_grad()
+    def interpolate(self, a, b, steps: int = 8, labels=None, **options) -> np.ndarray:
+        """A walk from a to b in latent space, `steps` images (N, H, W, C) uint8, ends included.
+
+        a, b: seeds (ints; the walk follows the great circle between the two Gaussian draws, where typical
+        latents lie) or images (uint8 (H, W, C); encoded, then joined by a straight line)."""
+        if steps < 2:
+            raise UserError(f"An interpolation needs at least 2 steps, got {steps}.")
+        options = self._options(options)
+        ends = []
+        for end in (a, b):
+            if isinstance(end, (int, np.integer)):
+                ends.append(self.method.latents(self.net, 1, self._rng(int(end)), self.device, **options)[0])
+            else:
+                ends.append(torch.as_tensor(self.encode(np.asarray(end)[None], labels))[0].to(self.device))
+        za, zb = ends
+        t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
+        if all(isinstance(e, (int, np.integer)) for e in (a, b)):
+            omega = torch.arccos(torch.clamp(torch.dot(za / za.norm(), zb / zb.norm()), -1, 1))
+            if omega.abs() < 1e-4:
+                z = (1 - t) * za + t * zb
+            else:
+                z = (torch.sin((1 - t) * omega) * za + torch.sin(t * omega) * zb) / torch.sin(omega)
+        else:
+            z = (1 - t) * za + t * zb
+        label = self._labels(labels if labels is not None else None, 1)
+        lab = label.repeat(steps) if label is not None else None
+        return from_model_range(self.method.decode(self.net, z, lab).float()).cpu().numpy()
 
     def save_grid(self, images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
         from genforge.visual import save_grid

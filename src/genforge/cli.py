@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -123,8 +123,14 @@ def sample(
     top_p: Optional[float] = typer.Option(None, help="Text models: nucleus sampling, keep the most likely tokens up to this probability."),
     stop: List[str] = typer.Option([], "--stop", help="Text models: end a text at this string, left out (repeatable)."),
     precision: str = typer.Option("auto", help="auto: time generation in fp32 and bf16 on this machine and use the faster (cached); no: fp32; bf16; fp16."),
+    interpolate: Optional[Tuple[str, str]] = typer.Option(None, "--interpolate", metavar="A B", help="Image models with a latent space: a walk from A to B, each a seed (e.g. --interpolate 3 8) or an image file (VAEs: encoded), saved as one row."),
+    steps: int = typer.Option(10, "--steps", help="Images in an --interpolate walk, ends included."),
 ):
-    """Generate images or text from a trained run."""
+    """Generate images or text from a trained run.
+
+    Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
+    VAE's prior; --interpolate A B walks between two seeds or two images. Text models: --prompt and the
+    sampling options."""
     import numpy as np
 
     from genforge import load
@@ -142,9 +148,11 @@ def sample(
         _sample_text(model, n or 1, out_arg, prompt if prompt is not None else "\n", max_new_tokens or 500,
                      0.8 if temperature is None else temperature, top_k, top_p, seed, stop)
         return
-    misused = [name for name, v in text_opts.items() if v is not None]
+    image_opts = {k: v for k, v in {"temperature": temperature}.items() if k in model.options()}
+    misused = [name for name, v in text_opts.items() if v is not None and name.lstrip("-").replace("-", "_") not in image_opts]
     if misused:
-        raise UserError(f"{', '.join(misused)} applies to text models; {run_dir} is an image model.")
+        raise UserError(f"{', '.join(misused)} applies to text models; {run_dir} is an image model"
+                        + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options() else "."))
     if out_arg is None:
         raise UserError("--out is required for an image model: x.png (grid), x.npy (array) or a folder/ (one PNG each).")
     n = 64 if n is None else n
@@ -152,7 +160,11 @@ def sample(
     as_dir = out_arg.endswith(("/", "\\")) or out_path.is_dir()
     if not as_dir and out_path.suffix.lower() not in (".png", ".npy"):
         raise UserError(f"--out must end in .png (grid), .npy (array) or / (one PNG per sample); got '{out_path}'.")
-    images = model.generate(n, seed=seed, labels=label)
+    if interpolate:
+        images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=steps, labels=label, **image_opts)
+        nrow = nrow or len(images)
+    else:
+        images = model.generate(n, seed=seed, labels=label, **image_opts)
     if as_dir:
         out_path.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
@@ -165,6 +177,59 @@ def sample(
     else:
         save_grid(images, out_path, nrow)
         out.print(f"wrote {out_path} ({len(images)} images)")
+
+
+def _walk_end(model, end: str):
+    """A seed (an integer) or an image file, read at the model's size."""
+    if end.lstrip("-").isdigit():
+        return int(end)
+    from genforge.data.folder import read_images
+
+    h, w, c = model.image_shape
+    images, _, notes = read_images(Path(end), h, w, c)
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
+    if len(images) != 1:
+        raise UserError(f"--interpolate takes one image per end; {end} holds {len(images)}.")
+    return images[0].numpy()
+
+
+@app.command()
+@user_errors
+def reconstruct(
+    run_dir: Path = typer.Argument(..., help="A run directory of a model with an encoder (a VAE)."),
+    in_path: Path = typer.Option(..., "--in", help="An image file or a folder of images (converted to the model's size and channels, with a note)."),
+    out_path: Path = typer.Option(..., "--out", help="x.png: a grid with each input beside its reconstruction; a folder/: one PNG pair per input."),
+    label: Optional[str] = typer.Option(None, help="Conditional models: the class of the inputs (default: the first class)."),
+    select: Optional[str] = typer.Option(None, help="best or last weights (default: best when the run kept one)."),
+):
+    """Encode images and decode them again: shows what the model keeps of each image, input beside output."""
+    import numpy as np
+
+    from genforge import load
+    from genforge.data.folder import read_images
+    from genforge.visual import save_grid, to_pil
+
+    model = load(run_dir, select=select, precision="no")
+    if not hasattr(model, "reconstruct"):
+        raise UserError(f"{run_dir} is a text model; reconstruct takes an image model with an encoder (a VAE).")
+    h, w, c = model.image_shape
+    images, paths, notes = read_images(in_path, h, w, c)
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
+    labels = label if label is not None else (0 if model.conditional else None)
+    rec = model.reconstruct(images.numpy(), labels=labels)
+    pairs = np.stack([images.numpy(), rec], 1).reshape(-1, h, w, c)
+    if str(out_path).endswith(("/", "\\")) or out_path.is_dir():
+        out_path.mkdir(parents=True, exist_ok=True)
+        for p, pair in zip(paths, pairs.reshape(len(paths), 2, h, w, c)):
+            to_pil(np.concatenate(list(pair), axis=1)).save(out_path / f"{p.stem}-reconstruction.png")
+        out.print(f"wrote {len(paths)} input/reconstruction pairs to {out_path}")
+        return
+    if out_path.suffix.lower() != ".png":
+        raise UserError(f"--out must end in .png (a grid) or / (one PNG per input); got '{out_path}'.")
+    save_grid(pairs, out_path, nrow=min(16, 2 * len(paths)))
+    out.print(f"wrote {out_path} ({len(paths)} inputs, each beside its reconstruction)")
 
 
 def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop) -> None:
@@ -260,7 +325,7 @@ def presets():
 @data_app.command("info")
 @user_errors
 def data_info(
-    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, mnist-mini or folder:PATH"),
+    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini or folder:PATH"),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -303,64 +368,36 @@ def eval_run(
     batch_size: int = typer.Option(500, help="Images per generation / feature batch."),
     inception_weights: Optional[Path] = typer.Option(None, help="Also compute the standard Inception-v3 FID/KID/IS from this weights file (weights-inception-2015-12-05-6726825d.pth; needs torch-fidelity, the 'inception' extra)."),
     select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score; last: the final weights. Default: best when the run kept one."),
+    likelihood_k: int = typer.Option(100, "--k", help="Models with a likelihood (VAEs): importance samples per test image for the NLL estimate (the literature uses 5,000; more is tighter and slower)."),
+    likelihood_n: int = typer.Option(1000, "--likelihood-n", help="Models with a likelihood: how many test images the NLL is estimated on (0: the whole test split)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
     """Score a run against real data; writes eval.json.
 
-    Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples. Text runs:
+    Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples; VAEs also the test
+    negative log-likelihood (importance-sampled, nats or bits/dim), the ELBO's terms and reconstruction error. Text runs:
     validation loss, perplexity and bits per character/byte on the run's held-out text; runs on Python
     source also the share of generated snippets that parse (python_parse_rate).
     """
-    from genforge.artifacts import read_config
     from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1.")
-    if read_config(run_dir).get("family") == "lm":
-        _eval_text(run_dir, data_dir, select, EVAL_FILE, n, seed)
-        return
-    report = evaluate_run(run_dir, n=10_000 if n is None else n, reference=reference, data_dir=data_dir, seed=seed,
-                          batch_size=batch_size, inception_weights=inception_weights, select=select,
-                          progress=not no_progress)
-    ev = report["evaluator"]
-    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['n']} samples vs real {ev['dataset']} "
-              f"{report['reference']} split; "
-              f"evaluator {ev['id']} (test accuracy {ev['test_accuracy']:.2%}), seed {report['seed']}")
+    report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
+                          inception_weights=inception_weights, select=select, progress=not no_progress,
+                          likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n)
+    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False)
     table = Table("metric", "value", "better", box=None)
     for name, value in report["metrics"].items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO[name][1])
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO.get(name, ("", ""))[1])
     if "inception" in report:
         for name in ("fid", "kid", "is"):
             table.add_row(f"inception {name}", f"{report['inception'][name]:.4g}", METRIC_INFO[name][1])
     out.print(table)
-    counts = report["details"]["class_counts"]
-    out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
+    counts = report["details"].get("class_counts")
+    if counts:
+        out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
-
-
-def _eval_text(run_dir: Path, data_dir: Optional[Path], select: Optional[str], eval_file: str,
-               n: Optional[int], seed: int) -> None:
-    import time
-
-    from genforge import load
-    from genforge.artifacts import atomic_write_text
-    from genforge.methods.lm import SNIPPET_PROMPT, text_metrics
-
-    t = time.perf_counter()
-    model = load(run_dir, select=select, precision="no")  # scores never depend on the machine's fastest precision
-    metrics = text_metrics(model, data_dir, n_snippets=n, seed=seed)
-    report = {"run_dir": str(run_dir), "model": {"family": "lm", "weights": model.weights_file},
-              "metrics": metrics, "seed": seed, "seconds": round(time.perf_counter() - t, 2),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_text(Path(run_dir) / eval_file, json.dumps(report, indent=2) + "\n")
-    snippets = (f"; {metrics['python_snippets']} snippets from {SNIPPET_PROMPT!r}, seed {seed}"
-                if "python_parse_rate" in metrics else "")
-    out.print(f"[bold]{run_dir}[/] ({model.weights_file}): held-out text of {model.meta['data']['dataset']}{snippets}")
-    table = Table("metric", "value", box=None)
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
-    out.print(table)
-    out.print(f"wrote {Path(run_dir) / eval_file} ({report['seconds']:.1f} s)", highlight=False)
 
 
 @evaluator_app.command("train")
@@ -385,7 +422,15 @@ def evaluator_train(
         out.print("already trained (cached); --force trains it again")
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (an input converted to the model's size, ...) as one line, no source location."""
+    err.print(f"note: {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _note
     app()
 
 

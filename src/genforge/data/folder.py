@@ -239,3 +239,49 @@ def load_folder(root: Path, image_size: int | None = None, channels: int | None 
     if empty:
         report["folders_without_images"] = empty
     return images, labels, classes, report
+
+
+def read_images(path: str | Path, height: int, width: int, channels: int) -> tuple[torch.Tensor, list[Path], list[str]]:
+    """Images given to a model (one file, or every image in a folder, sorted), as uint8 (N, H, W, C) of the
+    model's shape: converted to its channels, centre-cropped to its aspect ratio and resized.
+
+    Returns (images, paths, notes); each note is one line saying what was changed, for the caller to show.
+    Unreadable files are refused: a model's input is not a dataset from which bad files can be dropped.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        paths = sorted(p for p in _walk_images(path)[0])
+        if not paths:
+            raise UserError(f"{path} holds no PNG/JPEG/WebP images. Fix: pass an image file or a folder of images.")
+    elif path.is_file():
+        paths = [path]
+    else:
+        raise UserError(f"No such image or folder: {path}.")
+    arrays, resized, converted = [], 0, 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                gray = im.mode in _GRAY_MODES
+                im = _to_mode(im, channels)
+                w, h = im.size
+                target = width / height
+                if abs(w / h - target) > 1e-6:  # centre crop to the model's aspect ratio before resizing
+                    cw, ch = (round(h * target), h) if w / h > target else (w, round(w / target))
+                    left, top = (w - cw) // 2, (h - ch) // 2
+                    im = im.crop((left, top, left + cw, top + ch))
+                if im.size != (width, height):
+                    im = im.resize((width, height), Image.Resampling.BILINEAR)
+                    resized += 1
+                converted += int(gray != (channels == 1))
+                arrays.append(np.asarray(im, dtype=np.uint8).reshape(height, width, channels))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"Cannot read {p} as an image ({_reason(exc)}). Fix: pass PNG, JPEG or WebP files.") from None
+    notes = []
+    if resized:
+        notes.append(f"resized {resized} of {len(paths)} image(s) to the model's {width}x{height} (centre-cropped to its shape)")
+    if converted:
+        notes.append(f"converted {converted} of {len(paths)} image(s) to {'grey' if channels == 1 else 'RGB'}, "
+                     f"as the model expects")
+    return torch.from_numpy(np.stack(arrays)), paths, notes

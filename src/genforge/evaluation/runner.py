@@ -1,4 +1,12 @@
-"""`genforge eval`: generate from a run, measure the samples against real data, write eval.json."""
+"""`genforge eval`: the one home of run evaluation. It loads the run and dispatches on what it is:
+
+- image models: samples against real data through an evaluator network (FID, KID, IS, PR/D&C, ...);
+  and when the family has a likelihood (a VAE), the held-out NLL, ELBO and reconstruction error too
+  (likelihood.py);
+- text models: held-out loss, perplexity, bits per unit, Python parse rate (text.py).
+
+Everything lands in RUN_DIR/eval.json with the same top-level keys (metrics, details, seconds, ...).
+"""
 
 from __future__ import annotations
 
@@ -34,6 +42,20 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "classes_hit": ("classes receiving at least a tenth of their even share", "higher"),
     "class_entropy": ("evenness of the predicted-class histogram (1 = even)", "higher"),
     "memorization": ("share of samples closer to a training image than 99% of real test images are", "lower"),
+    "nll_nats": ("test negative log-likelihood per image, importance-sampled (k in details)", "lower"),
+    "nll_bpd": ("test negative log-likelihood, bits per dimension, importance-sampled", "lower"),
+    "neg_elbo_nats": ("test negative ELBO per image: rec + kl (an upper bound on nll)", "lower"),
+    "neg_elbo_bpd": ("test negative ELBO, bits per dimension", "lower"),
+    "rec_nats": ("ELBO's reconstruction term, -E_q log p(x|z)", "lower"),
+    "rec_bpd": ("ELBO's reconstruction term, bits per dimension", "lower"),
+    "kl_nats": ("ELBO's KL(q(z|x) || p(z)): information kept in z", "-"),
+    "kl_bpd": ("ELBO's KL term, bits per dimension", "-"),
+    "reconstruction_mse": ("mean squared error of test images and their reconstructions, pixels in [0, 1]", "lower"),
+    "val_loss": ("held-out next-token cross-entropy (nats)", "lower"),
+    "perplexity": ("exp(val_loss)", "lower"),
+    "bits_per_char": ("held-out bits per character", "lower"),
+    "bits_per_byte": ("held-out bits per UTF-8 byte", "lower"),
+    "python_parse_rate": ("share of generated Python snippets that parse", "higher"),
 }
 
 
@@ -128,28 +150,75 @@ def _status(enabled: bool, text: str):
         yield
 
 
-def evaluate_run(run_dir: str | Path, n: int = 10_000, reference: str = "test", data_dir: str | Path | None = None,
+def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "test", data_dir: str | Path | None = None,
                  seed: int = 0, batch_size: int = 500, k: int = 5, device: str | torch.device | None = None,
                  inception_weights: str | Path | None = None, evaluator_root: str | Path | None = None,
-                 select: str | None = None, progress: bool = False, write: bool = True) -> dict:
-    """Generate n samples from a run directory (seeded), evaluate them, and write `eval.json` there.
+                 select: str | None = None, progress: bool = False, write: bool = True,
+                 likelihood_k: int = 100, likelihood_n: int | None = 1000) -> dict:
+    """Evaluate a run directory and write `eval.json` there; returns the report.
 
-    The evaluator for the run's dataset is trained on first use. Conditional models are asked for
-    every class in turn (label i % classes), so conditional accuracy covers all classes evenly.
+    Image runs: n samples (default 10,000, seeded) against real data; the evaluator for the run's dataset is
+    trained on first use; conditional models are asked for every class in turn (label i % classes).
+    Families with a likelihood also get the test NLL from `likelihood_k` importance samples on the first
+    `likelihood_n` test images (None: all), the ELBO's terms and the reconstruction error.
+    Text runs: held-out loss etc.; n is the number of Python snippets for python_parse_rate (default 50).
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
     """
-    from genforge.artifacts import ImageGenerator, load
+    from genforge.artifacts import TextGenerator, load
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    dev = default_device(device)
+    # fp32: a score must not depend on which precision this machine happens to generate fastest in
+    model = load(run_dir, dev, select=select, precision="no")
+    if isinstance(model, TextGenerator):
+        report = _text_report(model, data_dir, n, seed)
+    else:
+        report = _image_report(model, 10_000 if n is None else n, reference, data_dir, seed, batch_size, k, dev,
+                               inception_weights, evaluator_root, progress)
+        from genforge.evaluation.likelihood import has_likelihood, likelihood_metrics
+
+        if has_likelihood(model):
+            t = time.perf_counter()
+            metrics, details = likelihood_metrics(model, data_dir, likelihood_k, likelihood_n, seed, progress=progress)
+            report["metrics"].update(metrics)
+            report["details"].update(details)
+            report["seconds"]["likelihood"] = round(time.perf_counter() - t, 2)
+            report["summary"] += f"; test likelihood from k={likelihood_k} importance samples of {details['likelihood_n']} images"
+    report = {"run_dir": str(run_dir), **report}
+    report["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if write:
+        path = run_dir / EVAL_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    return report
+
+
+def _text_report(model, data_dir, n: int | None, seed: int) -> dict:
+    from genforge.evaluation.text import SNIPPET_PROMPT, text_metrics
+
+    t = time.perf_counter()
+    metrics = text_metrics(model, data_dir, n_snippets=n, seed=seed)
+    snippets = (f"; {metrics['python_snippets']} snippets from {SNIPPET_PROMPT!r}, seed {seed}"
+                if "python_parse_rate" in metrics else "")
+    return {
+        "model": {"family": model.meta.get("family"), "name": model.meta.get("name"),
+                  "dataset": model.meta["data"]["dataset"], "step": model.meta.get("step"), "weights": model.weights_file},
+        "seed": seed,
+        "metrics": metrics,
+        "details": {},
+        "summary": f"held-out text of {model.meta['data']['dataset']}{snippets}",
+        "seconds": {"evaluate": round(time.perf_counter() - t, 2)},
+    }
+
+
+def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, inception_weights, evaluator_root,
+                  progress) -> dict:
+    t0 = time.perf_counter()
     _check_reference(reference)
     _check_n(n, k)
-    dev = default_device(device)
-    # fp32 samples: a score must not depend on which precision this machine happens to generate fastest in
-    model = load(run_dir, dev, select=select, precision="no")
-    if not isinstance(model, ImageGenerator):
-        raise UserError(f"{run_dir} is a text model; genforge eval scores image models. A language model's "
-                        "validation loss is logged in metrics.jsonl when it is trained with train.eval_every.")
     dataset = model.meta["data"]["dataset"]
     _, train_split = evaluator_domain(dataset)  # fails fast, before any work, for datasets without an evaluator
     inception = None
@@ -171,8 +240,7 @@ def evaluate_run(run_dir: str | Path, n: int = 10_000, reference: str = "test", 
     result = evaluate_images(images, evaluator, labels=labels, reference=reference, train_split=train_split,
                              seed=seed, k=k, batch_size=batch_size, progress=progress, inception=inception)
     t3 = time.perf_counter()
-    report = {
-        "run_dir": str(run_dir),
+    return {
         "model": {"family": model.meta.get("family"), "name": model.meta.get("name"), "dataset": dataset,
                   "conditional": model.conditional, "step": model.meta.get("step"), "weights": model.weights_file},
         "n": n,
@@ -181,13 +249,7 @@ def evaluate_run(run_dir: str | Path, n: int = 10_000, reference: str = "test", 
         "evaluator": {"id": evaluator.id, "dataset": evaluator.dataset, "test_accuracy": evaluator.test_accuracy,
                       "feature_dim": evaluator.feature_dim},
         **result,
-        "seconds": {"setup": round(t1 - t0, 2), "generate": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2),
-                    "total": round(t3 - t0, 2)},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "summary": f"{n} samples vs real {evaluator.dataset} {reference} split; evaluator {evaluator.id} "
+                   f"(test accuracy {evaluator.test_accuracy:.2%}), seed {seed}",
+        "seconds": {"setup": round(t1 - t0, 2), "generate": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)},
     }
-    if write:
-        path = run_dir / EVAL_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)
-    return report

@@ -4,8 +4,9 @@ from genforge.errors import UserError
 from genforge.methods.base import DataSpec, Method, MethodConfig
 from genforge.methods.gan import GANMethod
 from genforge.methods.lm import LMMethod
+from genforge.methods.vae import VAEMethod
 
-METHODS: dict[str, type[Method]] = {GANMethod.family: GANMethod, LMMethod.family: LMMethod}
+METHODS: dict[str, type[Method]] = {m.family: m for m in (GANMethod, VAEMethod, LMMethod)}
 
 
 def get_method(family: str) -> type[Method]:

@@ -20,6 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from genforge.errors import UserError
+
 
 class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -34,6 +36,27 @@ class DataSpec:
     channels: int
     num_classes: int  # 0 when unlabelled
     label_counts: tuple[int, ...] = ()  # images per label, when the method trains on pseudo-labels (clusters)
+
+
+@dataclass(frozen=True)
+class SampleOption:
+    """One option of a family's generation (`generate(..., name=value)`), described for the CLI, the server
+    and the playground, which list and check options without knowing the family."""
+
+    type: type
+    default: object
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+
+    def check(self, name: str, value):
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a {self.type.__name__}, got {value!r}.") from None
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise UserError(f"{name}={value} is out of range: use {self.min}..{self.max}.")
+        return value
 
 
 class TrainingData(Protocol):
@@ -61,6 +84,12 @@ class Method(ABC):
     uses_ema: ClassVar[bool] = True
     #: whether the method scores itself at train.eval_every (`validation_score`) without an evaluate= callback
     self_evaluates: ClassVar[bool] = False
+    #: the options its generation takes beyond the common ones (seed, labels / prompt), with their ranges
+    sample_options: ClassVar[dict[str, SampleOption]] = {}
+
+    #: the optimizer step `training_step` is about to take (0-based); set by the loop before each call, so a
+    #: schedule inside the objective (a KL warm-up, n critic steps) resumes exactly without state of its own
+    step: int = 0
 
     def __init__(self, cfg: MethodConfig, spec, total_steps: int | None = None):
         self.cfg, self.spec, self.total_steps = cfg, spec, total_steps

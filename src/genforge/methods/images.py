@@ -80,8 +80,28 @@ class ImageMethod(Method):
 
     @classmethod
     @abstractmethod
-    def sample(cls, net, spec, n, labels, rng, device) -> torch.Tensor:
-        """n samples as float NCHW in [-1, 1] from the exported network."""
+    def sample(cls, net, spec, n, labels, rng, device, **options) -> torch.Tensor:
+        """n samples as float NCHW in [-1, 1] from the exported network; `options` are `sample_options`."""
+
+    # A latent space, for walks between seeds or images. Families with one override `latents` and `decode`
+    # (and `encode` when they have an encoder); `sample` is then decode(latents(...)).
+    @classmethod
+    def latents(cls, net, n, rng, device, **options) -> torch.Tensor:
+        raise UserError(f"{cls.family} models have no latent space to walk in.")
+
+    @classmethod
+    def decode(cls, net, z, labels) -> torch.Tensor:
+        """Images (float NCHW in [-1, 1]) from latents `z`, under `labels` for conditional models."""
+        raise UserError(f"{cls.family} models have no latent space to decode from.")
+
+    @classmethod
+    def encode(cls, net, x, labels) -> torch.Tensor:
+        """Latents of real images x (float NCHW in [-1, 1])."""
+        raise UserError(f"{cls.family} models have no encoder: they cannot map images to latents or reconstruct them. "
+                        "A VAE can (family: vae).")
+
+    #: per-image log-likelihood of real data, for `genforge eval` (families with a likelihood override these)
+    likelihood_terms = None  # classmethod (net, targets, labels, k, rng) -> {"log_likelihood", "rec", "kl"} per image
 
     @classmethod
     def write_samples(cls, net, data, path, seed, accelerator) -> Path:

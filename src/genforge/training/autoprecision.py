@@ -95,6 +95,7 @@ def training_precision(setting: str, method_cls, method_cfg, data, tcfg, total: 
                     accel.dtype = prec.autocast_dtype(name)
                     i = next(counter)
                     g = torch.Generator().manual_seed(i)
+                    method.step = i  # as the loop does: step-dependent objectives (n critic steps) cycle as in training
                     losses = method.training_step(accel, data.micro_batches(i % max(1, data.steps_per_epoch), g), g)
                     for v in losses.values():
                         float(v)  # wait for the step, as the loop's logging eventually does

@@ -74,10 +74,20 @@ class TrainConfig(Strict):
 class Config(Strict):
     name: str = "run"
     description: str = ""
-    family: Literal["gan", "lm"] = "gan"
+    family: str = Field("gan", description="model family: gan, vae, lm (see genforge.methods.METHODS)")
     data: DataConfig = DataConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="family-specific; validated by the method")
     train: TrainConfig = TrainConfig()
+
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v):
+        from genforge.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown model family '{v}'; known: {', '.join(METHODS)}")
+        return v
 
 
 def presets_dir() -> Path:

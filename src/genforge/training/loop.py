@@ -230,6 +230,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     with reporter, StopOnSignal(enabled=world == 1) as stop:
         while step < total:
             rng = torch.Generator().manual_seed(_step_seed(tcfg.seed, step, rank, 0))
+            method.step = step
             losses = method.training_step(accelerator, data.micro_batches(step, rng), rng)
             if ema is not None:
                 ema.update(exported)

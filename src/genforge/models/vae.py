@@ -1,0 +1,106 @@
+"""Convolutional VAE (Kingma & Welling 2014), optionally class-conditional (Sohn et al. 2015).
+
+Sized from the image shape like the DCGAN: the encoder halves the image to a 4..8 pixel map in
+strided convolutions (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4), each followed by a 3x3 convolution, then a
+fully connected layer gives the mean and log-variance of q(z | x); the decoder mirrors it with
+transposed convolutions and ends in the likelihood's parameters per pixel (models/likelihoods.py).
+No BatchNorm: the encoder must treat every image alone (a likelihood is per image), and the decoder
+must sample the same in batches of one as of a thousand.
+
+Conditioning ("digit 7"): the one-hot label joins the encoder's flattened features and z.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genforge.models import likelihoods
+from genforge.models.dcgan import stages_for
+
+
+class VAE(nn.Module):
+    def __init__(self, image_size: int, channels: int, latent_dim: int = 32, width: int = 32, hidden: int = 512,
+                 num_classes: int = 0, likelihood: str = "bernoulli", mixtures: int = 1):
+        super().__init__()
+        self.latent_dim, self.num_classes, self.channels = latent_dim, num_classes, channels
+        self.likelihood, self.mixtures = likelihood, mixtures  # what decode()'s output parameterises
+        out_per_channel = likelihoods.params_per_channel(likelihood, mixtures)
+        n = stages_for(image_size)
+        self.start = image_size // 2**n
+        chans = [width * 2**i for i in range(n)]  # e.g. 32, 64 for 28x28
+        act = nn.SiLU
+        enc: list[nn.Module] = []
+        c_in = channels
+        for c in chans:
+            enc += [nn.Conv2d(c_in, c, 4, 2, 1), act(), nn.Conv2d(c, c, 3, 1, 1), act()]
+            c_in = c
+        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        feat = chans[-1] * self.start**2
+        self.enc_fc = nn.Sequential(nn.Linear(feat + num_classes, hidden), act(), nn.Linear(hidden, 2 * latent_dim))
+        self.dec_fc = nn.Sequential(nn.Linear(latent_dim + num_classes, hidden), act(), nn.Linear(hidden, feat), act())
+        self.dec_start = chans[-1]
+        dec: list[nn.Module] = []
+        for i in reversed(range(n)):
+            c_out = chans[i - 1] if i > 0 else width
+            dec += [nn.ConvTranspose2d(chans[i], c_out, 4, 2, 1), act(), nn.Conv2d(c_out, c_out, 3, 1, 1), act()]
+        dec.append(nn.Conv2d(width, channels * out_per_channel, 3, 1, 1))
+        self.decoder = nn.Sequential(*dec)
+
+    def _with_label(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if not self.num_classes:
+            return h
+        if labels is None:
+            raise ValueError("this VAE is class-conditional: pass labels")
+        return torch.cat([h, F.one_hot(labels.to(h.device), self.num_classes).to(h.dtype)], 1)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x), each (N, latent_dim)."""
+        h = self._with_label(self.encoder(x), labels)
+        mu, logvar = self.enc_fc(h).chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The likelihood's parameters per pixel, (N, channels * out_per_channel, H, W)."""
+        h = self.dec_fc(self._with_label(z, labels))
+        return self.decoder(h.view(-1, self.dec_start, self.start, self.start))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, eps: torch.Tensor | None = None):
+        """(decoder params, z, mu, logvar) for reparameterised draws z = mu + sigma * eps.
+
+        `eps` (N, D) gives one draw per image; (K, N, D) gives K per image (importance weighting), decoded
+        as one batch of K * N with z of shape (K, N, D). One call runs both halves, as DDP wants."""
+        mu, logvar = self.encode(x, labels)
+        eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        if z.dim() == 3:
+            k = z.shape[0]
+            params = self.decode(z.flatten(0, 1), labels.repeat(k) if labels is not None else None)
+        else:
+            params = self.decode(z, labels)
+        return params, z, mu, logvar
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per image, in nats, for decoder output `params`."""
+        return likelihoods.log_prob(self.likelihood, params, x, self.mixtures)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The expected image under decoder output `params`, float NCHW in [-1, 1]."""
+        return likelihoods.mean(self.likelihood, params, self.channels, self.mixtures)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per latent dimension, closed form, (N, D)."""
+    return 0.5 * (mu.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float())
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension (standard normal when mu is None)."""
+    z = z.float()
+    if mu is None:
+        return (-0.5 * (z**2 + _LOG_2PI)).sum(-1)
+    return (-0.5 * ((z - mu.float()) ** 2 * torch.exp(-logvar.float()) + logvar.float() + _LOG_2PI)).sum(-1)
+
+
+_LOG_2PI = float(torch.log(torch.tensor(2 * torch.pi)))
