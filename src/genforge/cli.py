@@ -57,7 +57,7 @@ def user_errors(fn):
 def train(
     preset: str = typer.Argument(..., help="Preset name (see `genforge presets`) or path to a YAML config."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory: config, weights, samples, checkpoints go here."),
-    dataset: Optional[str] = typer.Option(None, help="Train the preset's recipe on another dataset: mnist, fashion-mnist, cifar10, mnist-mini, folder:PATH; for text: shakespeare, python-stdlib, text:PATH, code:PATH."),
+    dataset: Optional[str] = typer.Option(None, help="Train the preset's recipe on another dataset: mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, folder:PATH; for text: shakespeare, python-stdlib, text:PATH, code:PATH."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the data."),
     max_steps: Optional[int] = typer.Option(None, help="Train until this optimizer step (a resumed run continues up to it)."),
@@ -403,7 +403,7 @@ def eval_run(
 @evaluator_app.command("train")
 @user_errors
 def evaluator_train(
-    dataset: str = typer.Argument(..., help="mnist, fashion-mnist or cifar10."),
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10 or cifar10-jpeg."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Override the recipe's epochs (the id changes with the weights)."),
     force: bool = typer.Option(False, "--force", help="Retrain even if a cached evaluator exists."),

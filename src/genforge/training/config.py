@@ -30,7 +30,7 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, mnist-mini, folder:PATH; "
+    dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, folder:PATH; "
                                                "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
     image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
     channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
