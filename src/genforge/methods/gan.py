@@ -4,6 +4,22 @@ Per step: D learns to tell real from G(z) (BCE on logits), then G learns to make
 (the non-saturating loss of Goodfellow et al. 2014, -log D(G(z))). The fake batch is generated once
 and reused for both updates, as in the PyTorch DCGAN example.
 
+Stabilised objectives (`loss`, `gp_weight`, `r1_weight`, `n_critic`, `diffaugment`; the loss and penalty
+functions are in `gan_losses.py`, the augmentation in `diffaugment.py`): hinge (SNGAN) or Wasserstein losses,
+the WGAN-GP gradient penalty on real/fake interpolates, R1 on reals. Penalties look at D's input gradient
+per image, so D must not use BatchNorm with them (`d_norm`). They run in fp32 whatever the precision (forward,
+input gradient and backward), as their own backward before the loss's, which is the one that all-reduces
+under DDP. With DiffAugment, D always sees augmented images, and the penalties are taken at those augmented
+images: D is kept smooth where it is evaluated.
+
+n_critic (D updates per G update, WGAN's critic iterations): one training step is one G update and the
+n_critic D updates before it, each on its own real batch. The data yields n_critic batches per step
+(`CriticSteps`: loop step s holds the image loader's steps s*n .. s*n+n-1), so a step needs nothing from
+the steps before it; checkpoints, resume and the EMA (once per G update) work as for n_critic=1. train.max_steps
+counts G updates; an epoch is still one pass over the images, n_critic times fewer steps. (Updating G only on
+every n-th loop step would also resume exactly, from the step count, but would tie the EMA, the logged
+losses and max_steps to D updates.)
+
 Self-conditioning (`clusters`, Liu et al. 2020): an unconditional run clusters its training images with
 k-means and trains exactly like the class-conditional GAN with the cluster ids as labels; samples draw a
 cluster by its share of the data. No labels are used, yet G no longer has to stretch one Gaussian over
@@ -15,24 +31,24 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from safetensors.torch import load_file
 
+from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.files import save_tensors
 from genforge.methods.base import DataSpec, MethodConfig
+from genforge.methods.diffaugment import diff_augment, parse_policy
+from genforge.methods.gan_losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from genforge.methods.images import ImageData, ImageMethod
-from genforge.models.dcgan import Discriminator, Generator, init_weights, sample_latent
+from genforge.models.dcgan import Discriminator, Generator, init_weights, resolve_d_norm, sample_latent
 
 CLUSTERS_FILE = "clusters.safetensors"  # self-conditioning: each training image's cluster, kept for resume
-
-
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+MAX_CODE_ROWS = 32  # InfoGAN sample grid: one row per code value, at most this many
 
 
 class GANConfig(MethodConfig):
@@ -47,11 +63,38 @@ class GANConfig(MethodConfig):
     latent_codes: int = Field(0, ge=0, description="a categorical latent code with this many values, learned without "
                               "labels (InfoGAN, Chen et al. 2016): gives an unconditional G separate modes, e.g. digits")
     info_weight: float = Field(1.0, ge=0, description="weight of InfoGAN's code-prediction loss (latent_codes > 0)")
-    d_spectral_norm: bool = Field(False, description="spectral norm on D's layers instead of BatchNorm (Miyato et al. 2018)")
-    real_label: float = Field(1.0, gt=0.5, le=1.0, description="D's target for real images; 0.9 = one-sided label smoothing (Salimans et al. 2016)")
+    d_spectral_norm: bool = Field(False, description="spectral norm on D's layers (Miyato et al. 2018); with d_norm=auto "
+                                  "it replaces BatchNorm")
+    d_norm: Literal["auto", "batch", "layer", "none"] = Field(
+        "auto", description="normalisation in D after its first layer: batch (DCGAN), layer (per image: use it with "
+                            "gradient penalties, as WGAN-GP does), none; auto = batch, or none with d_spectral_norm")
+    real_label: float = Field(1.0, gt=0.5, le=1.0, description="D's target for real images; 0.9 = one-sided label smoothing "
+                              "(Salimans et al. 2016); loss=ns only")
+    loss: Literal["ns", "hinge", "wgan"] = Field(
+        "ns", description="ns: non-saturating BCE (Goodfellow et al. 2014); hinge: D relu(1-D(x)) + relu(1+D(G(z))), "
+                          "G -D(G(z)) (SNGAN, Miyato et al. 2018); wgan: D D(G(z))-D(x), G -D(G(z)) (Arjovsky et al. "
+                          "2017), needs gp_weight > 0 or d_spectral_norm")
+    gp_weight: float = Field(0.0, ge=0, description="WGAN-GP gradient penalty (Gulrajani et al. 2017; 10 in the paper): "
+                             "(||grad D(xhat)|| - 1)^2 at random points xhat between real and generated images, in fp32. "
+                             "Needs a D without BatchNorm (d_norm layer or none, or d_spectral_norm); 0: off")
+    r1_weight: float = Field(0.0, ge=0, description="R1 penalty gamma (Mescheder et al. 2018): gamma/2 ||grad D(x)||^2 on "
+                             "real images, in fp32; e.g. 10 for 32x32 (StyleGAN2 uses 0.01-10 by resolution). Needs a D "
+                             "without BatchNorm; 0: off")
+    n_critic: int = Field(1, ge=1, description="D updates per G update (WGAN: 5), each on a fresh real batch; one training "
+                          "step is one G update and uses n_critic batches of images")
+    diffaugment: str = Field("", description="DiffAugment (Zhao et al. 2020), for small datasets (a few thousand images): "
+                             "D sees real and generated images augmented alike and differentiably, in its update and in G's; "
+                             "a comma-separated policy of color, translation, cutout, e.g. \"translation,cutout\" or "
+                             "\"color,translation,cutout\"; \"\": off")
     clusters: int = Field(0, ge=0, description="self-conditioning (Liu et al. 2020): k-means the training images into "
                           "this many clusters and condition G and D on the cluster, as a cGAN is on labels; samples "
                           "draw clusters by their share of the data. Unconditional models only; 0: off")
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        parse_policy(v)  # ValueError names the known policies
+        return v
 
 
 class GANMethod(ImageMethod):
@@ -82,6 +125,15 @@ class GANMethod(ImageMethod):
         if cfg.conditional and cfg.clusters:
             raise UserError("model.clusters (self-conditioning) is for unconditional models: a conditional model "
                             "already has labels. Set model.clusters=0 or model.conditional=false.")
+        if (cfg.gp_weight or cfg.r1_weight) and resolve_d_norm(cfg.d_norm, cfg.d_spectral_norm) == "batch":
+            raise UserError("model.gp_weight / model.r1_weight penalise D's gradient image by image, but BatchNorm in D "
+                            "mixes the images of a batch. Set model.d_norm=layer (or none), or model.d_spectral_norm=true.")
+        if cfg.loss == "wgan" and not (cfg.gp_weight or cfg.d_spectral_norm):
+            raise UserError("model.loss=wgan needs a Lipschitz D, or its scores grow without bound: set model.gp_weight=10 "
+                            "(WGAN-GP, with model.d_norm=layer) or model.d_spectral_norm=true.")
+        if cfg.real_label != 1.0 and cfg.loss != "ns":
+            raise UserError(f"model.real_label (label smoothing) applies to loss=ns only; with loss={cfg.loss} set "
+                            "model.real_label=1.0.")
 
     @staticmethod
     def _num_labels(cfg: GANConfig, spec: DataSpec) -> int:
@@ -89,7 +141,18 @@ class GANMethod(ImageMethod):
         return cfg.clusters or (spec.num_classes if cfg.conditional else 0)
 
     @classmethod
-    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
+    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData | CriticSteps:
+        data = cls._prepare_images(cfg, data_dir, run_dir, resume, accelerator)
+        n_critic = cls.Config.model_validate(cfg.model).n_critic
+        if n_critic == 1:
+            return data
+        if data.steps_per_epoch < n_critic:
+            raise UserError(f"model.n_critic={n_critic} needs {n_critic} batches per step, but the dataset holds "
+                            f"{data.steps_per_epoch}. Lower train.batch_size or model.n_critic.")
+        return CriticSteps(data, n_critic)
+
+    @classmethod
+    def _prepare_images(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
         data = super().prepare_data(cfg, data_dir, run_dir, resume, accelerator)
         mcfg = cls.Config.model_validate(cfg.model)
         if not mcfg.clusters:
@@ -119,9 +182,12 @@ class GANMethod(ImageMethod):
 
     def setup(self, train_cfg) -> None:
         cfg, spec = self.cfg, self.spec
+        if train_cfg.compile and (cfg.gp_weight or cfg.r1_weight):
+            raise UserError("model.gp_weight / model.r1_weight differentiate D twice, which torch.compile does not "
+                            "support (no double backward). Set train.compile=false.")
         G = self.build_exported(cfg, spec)
         D = Discriminator(spec.height, spec.channels, cfg.d_width, self._num_labels(cfg, spec),
-                          cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes)
+                          cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes, cfg.d_norm)
         init_weights(G)
         init_weights(D)
         betas = (train_cfg.beta1, train_cfg.beta2)
@@ -135,69 +201,102 @@ class GANMethod(ImageMethod):
         """InfoGAN's lower bound on I(code; G(z, code)), up to a constant: Q's cross-entropy, weighted."""
         return self.cfg.info_weight * F.cross_entropy(code_logits.float(), codes)
 
+    def _penalize(self, accelerator, D, real, fake, y, rng, k: int) -> dict[str, torch.Tensor]:
+        """Backward of one micro-batch's gradient penalties, at the images D saw; returns them unweighted.
+
+        fp32 throughout (D's forward, its input gradient and the backward of both: under autocast the
+        backward's matmuls would run in bf16 too), and never the backward that all-reduces: a penalty gives
+        some of D's weights (its last bias) no gradient, and DDP would wait for them. The loss's backward,
+        after this one, reaches every weight and syncs them all."""
+        critic = (lambda img: D(img, y, fp32=True)) if y is not None else (lambda img: D(img, fp32=True))
+        terms = {}
+        with torch.autocast(accelerator.device.type, enabled=False), accelerator.no_sync(D):
+            if self.cfg.gp_weight:
+                eps = torch.rand(real.shape[0], generator=rng, device=rng.device)  # one point per real/fake pair
+                terms["loss_gp"] = gradient_penalty(critic, real, fake, eps)
+            if self.cfg.r1_weight:
+                terms["loss_r1"] = r1_penalty(critic, real)
+            weights = {"loss_gp": self.cfg.gp_weight, "loss_r1": self.cfg.r1_weight}
+            accelerator.backward(sum(weights[name] * v for name, v in terms.items()) / k)
+        return {name: v.detach() for name, v in terms.items()}
+
     def training_step(self, accelerator, micro_batches, rng):
         G, D = self.networks["generator"], self.networks["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
-        cond = self.cfg.conditional or self.cfg.clusters > 0  # fakes take the labels (or clusters) of the real batch
-        k = len(micro_batches)
-        # With one micro-batch the fakes made for D's update are reused for G's (one G forward per step).
+        cfg = self.cfg
+        cond = cfg.conditional or cfg.clusters > 0  # fakes take the labels (or clusters) of the real batch
+        k = len(micro_batches) // cfg.n_critic  # micro-batches per D update (gradient accumulation)
+        critic_steps = [micro_batches[j * k:(j + 1) * k] for j in range(cfg.n_critic)]
+        # With one micro-batch the fakes made for D's (last) update are reused for G's (one G forward per step).
         # With several, DDP must see each network's forward and backward inside the same no_sync window,
         # so the fakes are made without a graph for D and made again, from the same noise, for G.
         reuse = k == 1
-        info = self.cfg.latent_codes > 0
+        info = cfg.latent_codes > 0
+        penalized = cfg.gp_weight > 0 or cfg.r1_weight > 0
+        augment = (lambda img: diff_augment(img, cfg.diffaugment, rng)) if cfg.diffaugment else (lambda img: img)
         noises, fakes, losses_d, losses_g, losses_q = [], [], [], [], []
+        penalties: dict[str, list[torch.Tensor]] = {}
 
-        def window(i: int, *nets):
+        def window(sync: bool, *nets):
             stack = ExitStack()
-            if i < k - 1:  # gradients are all-reduced on the last micro-batch only
+            if not sync:  # gradients are all-reduced by the last backward of an update only
                 for net in nets:
                     stack.enter_context(accelerator.no_sync(net))
             return stack
 
-        # Discriminator: real -> 1, fake -> 0. One autocast region around D's whole update: its weights are cast
-        # to bf16 once and reused for the real and the fake batch (autocast caches casts until the region ends,
-        # which is before D's weights change), instead of once per call.
-        with accelerator.autocast():
-            for i, (x, y) in enumerate(micro_batches):
-                y = y if cond else None
-                z, c = sample_latent(x.shape[0], self.cfg.z_dim, self.cfg.latent_codes, rng)
-                z, c = z.to(x.device, non_blocking=True), c.to(x.device) if info else None
-                noises.append((z, c))
-                with window(i, D):
-                    if reuse:
+        for j, batches in enumerate(critic_steps):
+            last = j == cfg.n_critic - 1  # G's update follows, on this update's noise and labels
+            # Discriminator: real -> 1, fake -> 0. One autocast region around D's whole update: its weights are
+            # cast to bf16 once and reused for the real and the fake batch (autocast caches casts until the region
+            # ends, which is before D's weights change), instead of once per call.
+            with accelerator.autocast():
+                for i, (x, y) in enumerate(batches):
+                    y = y if cond else None
+                    z, c = sample_latent(x.shape[0], cfg.z_dim, cfg.latent_codes, rng)
+                    z, c = z.to(x.device, non_blocking=True), c.to(x.device) if info else None
+                    if last:
+                        noises.append((z, c))
+                    if reuse and last:
                         fake = G(z, y) if cond else G(z)
                         fakes.append(fake)
                     else:
                         with torch.no_grad():
                             fake = G(z, y) if cond else G(z)
-                    if info:
-                        d_real = D(x, y) if cond else D(x)
-                        d_fake, q = D(fake.detach(), code_logits=True)
-                        loss_q = self._info_loss(q, c)
-                        losses_q.append(loss_q.detach())
-                    else:  # real and fake through D's convolutions at once, each with its own BatchNorm statistics
-                        both = torch.cat([x, fake.detach()])
-                        d_both = D(both, torch.cat([y, y]), groups=2) if cond else D(both, groups=2)
-                        (d_real, d_fake), loss_q = d_both.chunk(2), 0.0
-                    loss_d = _bce(d_real, self.cfg.real_label) + _bce(d_fake, 0.0)
-                    accelerator.backward((loss_d + loss_q) / k)
-                losses_d.append(loss_d.detach())
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
+                    x_d, fake_d = augment(x), augment(fake.detach())  # what D sees, real and fake alike
+                    if penalized:  # its own backward, in fp32 and without gradient sync (see _penalize)
+                        for name, v in self._penalize(accelerator, D, x_d, fake_d, y, rng, k).items():
+                            penalties.setdefault(name, []).append(v)
+                    with window(i == k - 1, D):
+                        if info:
+                            d_real = D(x_d, y) if cond else D(x_d)
+                            d_fake, q = D(fake_d, code_logits=True)
+                            loss_q = self._info_loss(q, c)
+                            losses_q.append(loss_q.detach())
+                        else:  # real and fake through D's convolutions at once, each with its own BatchNorm statistics
+                            both = torch.cat([x_d, fake_d])
+                            d_both = D(both, torch.cat([y, y]), groups=2) if cond else D(both, groups=2)
+                            (d_real, d_fake), loss_q = d_both.chunk(2), 0.0
+                        loss_d = d_loss(cfg.loss, d_real, d_fake, cfg.real_label)
+                        accelerator.backward((loss_d + loss_q) / k)
+                    losses_d.append(loss_d.detach())
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
 
-        # Generator: non-saturating loss, judged by the updated D. D's weights get no gradient here (frozen,
-        # and outside DDP's gradient sync), which saves its weight-gradient convolutions and an all-reduce.
+        # Generator, judged by the updated D (non-saturating: make D say "real"; hinge/wgan: raise D's score).
+        # D's weights get no gradient here (frozen, and outside DDP's gradient sync), which saves its
+        # weight-gradient convolutions and an all-reduce.
         D.requires_grad_(False)
         try:
-            for i, ((x, y), (z, c)) in enumerate(zip(micro_batches, noises)):
+            for i, ((x, y), (z, c)) in enumerate(zip(critic_steps[-1], noises)):
                 y = y if cond else None
-                with window(i, G), accelerator.no_sync(D):
+                with window(i == k - 1, G), accelerator.no_sync(D):
                     fake = fakes[i] if reuse else (G(z, y) if cond else G(z))
+                    fake_d = augment(fake)  # differentiable: G learns through the augmentation
                     if info:  # G is also rewarded for making its code recognisable
-                        d_out, q = D(fake, code_logits=True)
-                        loss_g = _bce(d_out, 1.0) + self._info_loss(q, c)
+                        d_out, q = D(fake_d, code_logits=True)
+                        loss_g = g_loss(cfg.loss, d_out) + self._info_loss(q, c)
                     else:
-                        loss_g = _bce(D(fake, y) if cond else D(fake), 1.0)
+                        loss_g = g_loss(cfg.loss, D(fake_d, y) if cond else D(fake_d))
                     accelerator.backward(loss_g / k)
                 losses_g.append(loss_g.detach())
         finally:
@@ -207,11 +306,35 @@ class GANMethod(ImageMethod):
         out = {"loss_d": torch.stack(losses_d).mean(), "loss_g": torch.stack(losses_g).mean()}
         if info:
             out["loss_info"] = torch.stack(losses_q).mean()
+        for name, values in penalties.items():  # unweighted, as the papers plot them
+            out[name] = torch.stack(values).mean()
         return out
 
     @classmethod
-    def sample(cls, net, spec, n, labels, rng, device):
-        z = sample_latent(n, net.z_dim, getattr(net, "codes", 0), rng)[0].to(device)
+    def write_samples(cls, net, data, path, seed, accelerator) -> Path:
+        """InfoGAN (latent_codes > 0): row i is code i, each column one z shared by all rows, so a row shows what
+        code i learned (the first MAX_CODE_ROWS codes). Other models: ImageMethod's grid."""
+        codes = getattr(net, "codes", 0)
+        if not codes:
+            return super().write_samples(net, data, path, seed, accelerator)
+        from genforge.visual import save_grid
+
+        rows, cols = min(codes, MAX_CODE_ROWS), 8
+        z = torch.randn(cols, net.z_dim, generator=torch.Generator().manual_seed(seed))
+        code = torch.arange(rows).repeat_interleave(cols)
+        latent = torch.cat([z.repeat(rows, 1), F.one_hot(code, codes).to(z.dtype)], 1)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), accelerator.autocast():
+            x = net(latent.to(accelerator.device))
+        net.train(was_training)
+        out = Path(path).with_suffix(".png")
+        save_grid(from_model_range(x.float()).cpu().numpy(), out, cols, scale=2)
+        return out
+
+    @classmethod
+    def sample(cls, net, spec, n, labels, rng, device, **options):
+        z = cls.latents(net, n, rng, device)
         if net.num_classes:
             if labels is None and net.label_prior is not None:  # self-conditioned: clusters as often as in the data
                 labels = torch.multinomial(net.label_prior.float().cpu(), n, replacement=True, generator=rng)
@@ -219,3 +342,35 @@ class GANMethod(ImageMethod):
                 labels = torch.arange(n) % net.num_classes
             return net(z, labels.to(device))
         return net(z)
+
+    @classmethod
+    def latents(cls, net, n, rng, device, **options):
+        """G's input: Gaussian z, followed by the one-hot InfoGAN code when the model has one."""
+        return sample_latent(n, net.z_dim, getattr(net, "codes", 0), rng)[0].to(device)
+
+    @classmethod
+    def decode(cls, net, z, labels):
+        if net.num_classes:
+            if labels is None:  # a walk stays in one class: the first, or a self-conditioned G's largest cluster
+                first = int(net.label_prior.argmax()) if net.label_prior is not None else 0
+                labels = torch.full((len(z),), first, dtype=torch.long)
+            return net(z, labels.to(z.device))
+        return net(z)
+
+
+class CriticSteps:
+    """Image data served n_critic loader steps at a time: loop step s is the loader's steps s*n .. s*n+n-1, in
+    order, so each of the step's n_critic D updates gets its own real batch (see the module docstring)."""
+
+    def __init__(self, data: ImageData, n_critic: int):
+        self.data, self.n_critic = data, n_critic
+        self.items_per_step = data.items_per_step * n_critic
+        self.steps_per_epoch = data.steps_per_epoch // n_critic
+
+    def __getattr__(self, name):  # spec, meta, unit, images, labels, ... are the wrapped data's
+        if name == "data":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def micro_batches(self, step: int, rng: torch.Generator) -> list:
+        return [mb for i in range(self.n_critic) for mb in self.data.micro_batches(step * self.n_critic + i, rng)]

@@ -13,6 +13,8 @@ Options beyond the paper, each measured on unconditional MNIST (benchmarks/RESUL
 connected layer before D's output (as in InfoGAN's MNIST D), so D judges the whole digit and not a
 linear sum of local strokes; it lifted precision 0.66 -> 0.74 at 2 epochs. `spectral_norm` in D,
 `extra_layers` of 3x3 convolutions, and `codes`, InfoGAN's categorical latent code with D's Q head.
+D's `norm` can also be layer norm or none: gradient penalties (WGAN-GP, R1) need each image's logit to
+depend on that image alone, which BatchNorm breaks; `forward(..., fp32=True)` runs D in fp32 for them.
 """
 
 from __future__ import annotations
@@ -92,22 +94,24 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int = 64, num_classes: int = 0,
-                 extra_layers: int = 0, spectral_norm: bool = False, hidden: int = 0, codes: int = 0):
+                 extra_layers: int = 0, spectral_norm: bool = False, hidden: int = 0, codes: int = 0,
+                 norm: str | None = None):
         super().__init__()
         n = stages_for(image_size)
+        self.norm = resolve_d_norm(norm, spectral_norm)
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        bias = self.norm == "none"  # a normalisation's shift makes the convolution's bias redundant
         layers: list[nn.Module] = []
         ch_in, ch = channels, width
         for i in range(n):
-            layers.append(sn(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0 or spectral_norm)))
-            if i > 0 and not spectral_norm:  # DCGAN: no BatchNorm on the input layer
-                layers.append(nn.BatchNorm2d(ch))
+            layers.append(sn(nn.Conv2d(ch_in, ch, 4, 2, 1, bias=i == 0 or bias)))
+            if i > 0:  # DCGAN: no normalisation on the input layer
+                layers += _norm_layer(self.norm, ch)
             layers.append(nn.LeakyReLU(0.2))
             if i == 0:
                 for _ in range(extra_layers):
-                    layers.append(sn(nn.Conv2d(ch, ch, 3, 1, 1, bias=spectral_norm)))
-                    if not spectral_norm:
-                        layers.append(nn.BatchNorm2d(ch))
+                    layers.append(sn(nn.Conv2d(ch, ch, 3, 1, 1, bias=bias)))
+                    layers += _norm_layer(self.norm, ch)
                     layers.append(nn.LeakyReLU(0.2))
             ch_in, ch = ch, ch * 2
         self.net = nn.Sequential(*layers)
@@ -121,13 +125,23 @@ class Discriminator(nn.Module):
             self.embed = nn.Embedding(num_classes, feat)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, code_logits: bool = False,
-                groups: int = 1):
+                groups: int = 1, fp32: bool = False):
         """D's logit for each image; with `code_logits`, also Q's logits over the latent codes.
 
         `groups` > 1: `x` is that many batches stacked (real and fake), each normalised with its own
         BatchNorm statistics, in order, exactly as if D ran on each alone; the convolutions then run
         once on the whole stack, which is faster than once per batch.
+
+        `fp32`: run in float32 even inside autocast (gradient penalties differentiate D w.r.t. its input
+        twice; bf16/fp16 gradients are too coarse for that). It is switched off here, inside forward,
+        because Accelerate wraps a prepared network's forward in its own autocast.
         """
+        if fp32:
+            with torch.autocast(x.device.type, enabled=False):
+                return self._logits(x.float(), labels, code_logits, groups)
+        return self._logits(x, labels, code_logits, groups)
+
+    def _logits(self, x, labels, code_logits, groups):
         if groups == 1:
             h = self.net(x)
         else:
@@ -146,6 +160,28 @@ class Discriminator(nn.Module):
         if code_logits:
             return logit, self.code_head(h)
         return logit
+
+
+D_NORMS = ("auto", "batch", "layer", "none")
+
+
+def resolve_d_norm(norm: str | None, spectral_norm: bool) -> str:
+    """D's normalisation: "batch", "layer" or "none"; "auto" (or None) is BatchNorm, none with spectral norm."""
+    if norm in (None, "auto"):
+        return "none" if spectral_norm else "batch"
+    if norm not in D_NORMS:
+        raise ValueError(f"unknown discriminator normalisation {norm!r}; known: {', '.join(D_NORMS)}")
+    return norm
+
+
+def _norm_layer(norm: str, ch: int) -> list[nn.Module]:
+    """BatchNorm; or layer norm over (C, H, W) of each image (GroupNorm with one group, per-channel scale and
+    shift), which keeps every image's logit a function of that image alone, as gradient penalties assume."""
+    if norm == "batch":
+        return [nn.BatchNorm2d(ch)]
+    if norm == "layer":
+        return [nn.GroupNorm(1, ch)]
+    return []
 
 
 def init_weights(module: nn.Module) -> None:
