@@ -237,3 +237,32 @@ def test_presets_train_a_few_steps_and_sample(preset, tmp_path):
     assert model.generate(3, seed=0).shape[0] == 3
     assert (run / "samples" / "final-reconstructions.png").exists()
     assert latest_checkpoint(run) is not None
+
+
+def test_max_minutes_stops_early_with_weights_and_a_resumable_checkpoint(tmp_path):
+    cfg = vae_config(max_steps=10_000, max_minutes=0.001, checkpoint_every=10_000)
+    result = train(cfg, tmp_path / "t", progress=False)
+    assert 1 <= result.step < 10_000
+    assert (tmp_path / "t" / "model.safetensors").exists() and latest_checkpoint(tmp_path / "t").name.endswith(str(result.step))
+    again = train(cfg, tmp_path / "t", resume=True, progress=False)
+    assert again.step > result.step
+
+
+def test_data_subset_trains_on_a_seeded_part_and_refuses_too_many(tmp_path):
+    cfg = vae_config(max_steps=1, batch_size=10).model_dump()
+    cfg["data"]["subset"] = 50
+    run = train(validate(cfg), tmp_path / "s", progress=False).run_dir
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["data"]["subset"] == 50
+    cfg["data"]["subset"] = 10**6
+    with pytest.raises(UserError, match="data.subset"):
+        train(validate(cfg), tmp_path / "s2", progress=False)
+
+
+def test_gan_walks_between_seeds(tmp_path):
+    gan = train(tiny_config(max_steps=2), tmp_path / "gan", progress=False).run_dir
+    model = genforge.load(gan, precision="no")
+    walk = model.interpolate(3, 4, steps=5)
+    assert walk.shape == (5, 28, 28, 1)
+    assert np.array_equal(walk[0], model.interpolate(3, 9, steps=2)[0])  # the walk starts at seed 3's image
+    assert not np.array_equal(walk[0], walk[-1])

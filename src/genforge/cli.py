@@ -61,6 +61,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the data."),
     max_steps: Optional[int] = typer.Option(None, help="Train until this optimizer step (a resumed run continues up to it)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training, with weights and a checkpoint written (--resume continues)."),
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same run on CPU."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=2e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
@@ -88,6 +89,8 @@ def train(
         overrides.append(f"train.max_steps={max_steps}")
     if seed is not None:
         overrides.append(f"train.seed={seed}")
+    if max_minutes is not None:
+        overrides.append(f"train.max_minutes={max_minutes}")
     family = raw.get("family", "gan")
     cfg = validate(apply_overrides(raw, overrides, get_method(family).Config))
     if resume and (cfg.model != saved.get("model") or cfg.data != validate(saved).data):

@@ -60,13 +60,20 @@ class ImageMethod(Method):
         with accelerator.main_process_first():
             dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
                                          image_size=cfg.data.image_size, channels=cfg.data.channels)
-        n, h, w, c = dataset.images.shape
+        images, labels = dataset.images, dataset.labels
+        if cfg.data.subset is not None:
+            if cfg.data.subset > len(images):
+                raise UserError(f"data.subset={cfg.data.subset} is more than the {len(images)} training images of "
+                                f"{cfg.data.dataset}. Fix: lower it, or drop data.subset.")
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(tcfg.seed))[: cfg.data.subset]
+            images, labels = images[keep], labels[keep] if labels is not None else None
+        n, h, w, c = images.shape
         classes = list(dataset.classes) if dataset.labels is not None else []
         spec = DataSpec(h, w, c, len(classes))
         meta = {"dataset": cfg.data.dataset, "height": h, "width": w, "channels": c, "classes": classes,
-                "value_range": [-1, 1]}
+                "value_range": [-1, 1], **({"subset": n} if cfg.data.subset is not None else {})}
         device = accelerator.device
-        data = ImageData(dataset.images.to(device), dataset.labels.to(device) if dataset.labels is not None else None,
+        data = ImageData(images.to(device), labels.to(device) if labels is not None else None,
                          tcfg.batch_size, tcfg.grad_accum, accelerator.process_index, accelerator.num_processes,
                          tcfg.seed, Augment(**cfg.data.augment.model_dump()), tcfg.channels_last, spec, meta)
         if data.steps_per_epoch == 0:

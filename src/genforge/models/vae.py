@@ -3,7 +3,8 @@
 Sized from the image shape like the DCGAN: the encoder halves the image to a 4..8 pixel map in
 strided convolutions (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4), each followed by a 3x3 convolution, then a
 fully connected layer gives the mean and log-variance of q(z | x); the decoder mirrors it with
-transposed convolutions and ends in the likelihood's parameters per pixel (models/likelihoods.py).
+transposed convolutions, the last of which emits the likelihood's parameters per pixel
+(models/likelihoods.py).
 No BatchNorm: the encoder must treat every image alone (a likelihood is per image), and the decoder
 must sample the same in batches of one as of a thousand.
 
@@ -42,10 +43,11 @@ class VAE(nn.Module):
         self.dec_fc = nn.Sequential(nn.Linear(latent_dim + num_classes, hidden), act(), nn.Linear(hidden, feat), act())
         self.dec_start = chans[-1]
         dec: list[nn.Module] = []
-        for i in reversed(range(n)):
-            c_out = chans[i - 1] if i > 0 else width
-            dec += [nn.ConvTranspose2d(chans[i], c_out, 4, 2, 1), act(), nn.Conv2d(c_out, c_out, 3, 1, 1), act()]
-        dec.append(nn.Conv2d(width, channels * out_per_channel, 3, 1, 1))
+        for i in reversed(range(1, n)):
+            dec += [nn.ConvTranspose2d(chans[i], chans[i - 1], 4, 2, 1), act(), nn.Conv2d(chans[i - 1], chans[i - 1], 3, 1, 1), act()]
+        # As in the DCGAN's G, the last upsampling emits the output itself: full-resolution hidden layers
+        # would cost more than the rest of the decoder together, for little likelihood.
+        dec.append(nn.ConvTranspose2d(chans[0], channels * out_per_channel, 4, 2, 1))
         self.decoder = nn.Sequential(*dec)
 
     def _with_label(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

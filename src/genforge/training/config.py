@@ -35,6 +35,8 @@ class DataConfig(Strict):
     image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
     channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
     augment: AugmentConfig = AugmentConfig()
+    subset: int | None = Field(None, ge=1, description="images: train on this many images only, a random subset fixed by "
+                                                      "train.seed (small-data experiments, e.g. 6000 = 10% of MNIST)")
     tokenizer: Literal["char", "byte", "bpe"] = Field("char", description="text: vocabulary, learnt from the training text")
     vocab_size: int | None = Field(None, ge=256, description="text: BPE vocabulary size (bpe only; default 2048)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="text: the last part of the corpus, held out for validation")
@@ -45,6 +47,8 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated into one optimizer step")
     epochs: float | None = Field(5, gt=0, description="length of the run in passes over the data (ignored if max_steps is set)")
     max_steps: int | None = Field(None, ge=1, description="length of the run in optimizer steps")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training in this "
+                                      "invocation, writing weights and a checkpoint as at the end (--resume continues)")
     lr: float = Field(2e-4, gt=0)
     lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (defaults to lr)")
     beta1: float = Field(0.5, ge=0, lt=1)

@@ -224,6 +224,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     count = 0
     t_last, step_last = time.perf_counter(), step
     t_start, step_start = t_last, step
+    budget_s = tcfg.max_minutes * 60 if tcfg.max_minutes else None
     last_losses: dict[str, float] = {}
     for net in method.networks.values():
         net.train()
@@ -239,8 +240,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
 
-            log_now = step % tcfg.log_every == 0 or step == total
-            ckpt_now = step % tcfg.checkpoint_every == 0 or step == total
+            out_of_time = budget_s is not None and time.perf_counter() - t_start >= budget_s and step < total
+            log_now = step % tcfg.log_every == 0 or step == total or out_of_time
+            ckpt_now = step % tcfg.checkpoint_every == 0 or step == total or out_of_time
             if log_now or ckpt_now:
                 means = {k: accelerator.reduce(v / count, "mean") for k, v in sums.items()}
                 last_losses = {k: float(v) for k, v in means.items()}
@@ -265,11 +267,17 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 reporter.update(step, last_losses, ips)
             if step % tcfg.sample_every == 0:
                 write_samples(f"step-{step:08d}")
-            if (evaluate is not None or self_scoring) and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total):
+            if (evaluate is not None or self_scoring) and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total
+                                                                               or out_of_time):
                 run_evaluation(step)
                 accelerator.wait_for_everyone()
             if ckpt_now:
                 save(step)
+            if out_of_time:
+                if progress and accelerator.is_main_process:
+                    say(f"train.max_minutes={tcfg.max_minutes} reached at step {step} of {total}; "
+                        f"continue with --resume")
+                break
             if stop.requested and step < total:
                 if not ckpt_now:
                     save(step)
