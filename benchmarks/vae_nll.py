@@ -27,6 +27,12 @@ from machine import cpu_kind  # noqa: E402
 
 def curve(args) -> dict:
     run = Path(args.out) / "mnist-vae"
+    if args.points_from:  # the curve was measured already (its JSON lines logged): score the final weights only
+        points = [json.loads(line) for line in Path(args.points_from).read_text().splitlines() if line.startswith("{")]
+        points = [p for p in points if "minutes" in p]
+        model = genforge.load(run, select="last", precision="no")
+        final, d = likelihood_metrics(model, args.data_dir, k=args.final_k, n=args.final_n, seed=0)
+        return {"run": str(run), "points": points, "final": {**final, **d}}
     raw = apply_overrides(read_raw("mnist-vae"), [f"train.max_minutes={args.slice}", "train.checkpoint_every=100000",
                                                   *args.set], None)
     cfg = validate(raw)
@@ -40,7 +46,7 @@ def curve(args) -> dict:
         points.append({"minutes": round(minutes, 2), "step": res.step, "epoch": round(res.step * cfg.train.batch_size / 60000, 2),
                        **{k: round(v, 3) for k, v in m.items()}, "nll_std_error": round(d["nll_std_error"], 3)})
         print(json.dumps(points[-1]), flush=True)
-        if res.step >= (cfg.train.max_steps or 10**12):
+        if len(points) > 1 and res.step == points[-2]["step"]:  # the run had already reached its length
             break
     model = genforge.load(run, select="last", precision="no")
     final, d = likelihood_metrics(model, args.data_dir, k=args.final_k, n=args.final_n, seed=0)
@@ -75,6 +81,7 @@ def main() -> None:
     p.add_argument("--final-k", type=int, default=1000)
     p.add_argument("--final-n", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], help="config override, e.g. model.iw_samples=5")
+    p.add_argument("--points-from", default=None, help="a log of this script's curve lines: skip training, score the last weights")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     t = time.perf_counter()

@@ -232,7 +232,7 @@ def reconstruct(
     if out_path.suffix.lower() != ".png":
         raise UserError(f"--out must end in .png (a grid) or / (one PNG per input); got '{out_path}'.")
     save_grid(pairs, out_path, nrow=min(16, 2 * len(paths)))
-    out.print(f"wrote {out_path} ({len(paths)} inputs, each beside its reconstruction)")
+    out.print(f"wrote {out_path} ({len(paths)} input{'s' if len(paths) > 1 else ''}, each beside its reconstruction)")
 
 
 def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop) -> None:
