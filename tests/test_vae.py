@@ -266,3 +266,11 @@ def test_gan_walks_between_seeds(tmp_path):
     assert walk.shape == (5, 28, 28, 1)
     assert np.array_equal(walk[0], model.interpolate(3, 9, steps=2)[0])  # the walk starts at seed 3's image
     assert not np.array_equal(walk[0], walk[-1])
+
+
+def test_eval_passes_sample_options_and_refuses_unknown_ones(runs, tmp_path):
+    from genforge.evaluation import evaluate_run
+
+    gan = train(tiny_config(max_steps=2), tmp_path / "gan", progress=False).run_dir
+    with pytest.raises(UserError, match="temperature"):
+        evaluate_run(gan, n=20, sample_options={"temperature": 0.5}, write=False)

@@ -373,6 +373,7 @@ def eval_run(
     select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score; last: the final weights. Default: best when the run kept one."),
     likelihood_k: int = typer.Option(100, "--k", help="Models with a likelihood (VAEs): importance samples per test image for the NLL estimate (the literature uses 5,000; more is tighter and slower)."),
     likelihood_n: int = typer.Option(1000, "--likelihood-n", help="Models with a likelihood: how many test images the NLL is estimated on (0: the whole test split)."),
+    temperature: Optional[float] = typer.Option(None, help="Image models with a temperature option (VAEs): sample at this prior scale (default: the model's 1.0)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
     """Score a run against real data; writes eval.json.
@@ -388,7 +389,8 @@ def eval_run(
         raise UserError("--batch-size must be at least 1.")
     report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
                           inception_weights=inception_weights, select=select, progress=not no_progress,
-                          likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n)
+                          likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n,
+                          sample_options={"temperature": temperature} if temperature is not None else None)
     out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False)
     table = Table("metric", "value", "better", box=None)
     for name, value in report["metrics"].items():

@@ -154,13 +154,14 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
                  seed: int = 0, batch_size: int = 500, k: int = 5, device: str | torch.device | None = None,
                  inception_weights: str | Path | None = None, evaluator_root: str | Path | None = None,
                  select: str | None = None, progress: bool = False, write: bool = True,
-                 likelihood_k: int = 100, likelihood_n: int | None = 1000) -> dict:
+                 likelihood_k: int = 100, likelihood_n: int | None = 1000, sample_options: dict | None = None) -> dict:
     """Evaluate a run directory and write `eval.json` there; returns the report.
 
     Image runs: n samples (default 10,000, seeded) against real data; the evaluator for the run's dataset is
     trained on first use; conditional models are asked for every class in turn (label i % classes).
     Families with a likelihood also get the test NLL from `likelihood_k` importance samples on the first
     `likelihood_n` test images (None: all), the ELBO's terms and the reconstruction error.
+    `sample_options`: the family's generation options for the samples (e.g. {"temperature": 0.5} for a VAE).
     Text runs: held-out loss etc.; n is the number of Python snippets for python_parse_rate (default 50).
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
     """
@@ -175,7 +176,7 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
         report = _text_report(model, data_dir, n, seed)
     else:
         report = _image_report(model, 10_000 if n is None else n, reference, data_dir, seed, batch_size, k, dev,
-                               inception_weights, evaluator_root, progress)
+                               inception_weights, evaluator_root, progress, sample_options or {})
         from genforge.evaluation.likelihood import has_likelihood, likelihood_metrics
 
         if has_likelihood(model):
@@ -215,10 +216,11 @@ def _text_report(model, data_dir, n: int | None, seed: int) -> dict:
 
 
 def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, inception_weights, evaluator_root,
-                  progress) -> dict:
+                  progress, sample_options: dict) -> dict:
     t0 = time.perf_counter()
     _check_reference(reference)
     _check_n(n, k)
+    sample_options = model._options(sample_options)  # an unknown option fails before any work
     dataset = model.meta["data"]["dataset"]
     _, train_split = evaluator_domain(dataset)  # fails fast, before any work, for datasets without an evaluator
     inception = None
@@ -235,7 +237,7 @@ def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, incep
         labels = [i % len(model.classes) for i in range(n)]
     t1 = time.perf_counter()
     with _status(progress, f"generating {n} samples"):
-        images = model.generate(n, seed=seed, labels=labels, batch_size=batch_size)
+        images = model.generate(n, seed=seed, labels=labels, batch_size=batch_size, **sample_options)
     t2 = time.perf_counter()
     result = evaluate_images(images, evaluator, labels=labels, reference=reference, train_split=train_split,
                              seed=seed, k=k, batch_size=batch_size, progress=progress, inception=inception)
@@ -249,7 +251,9 @@ def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, incep
         "evaluator": {"id": evaluator.id, "dataset": evaluator.dataset, "test_accuracy": evaluator.test_accuracy,
                       "feature_dim": evaluator.feature_dim},
         **result,
-        "summary": f"{n} samples vs real {evaluator.dataset} {reference} split; evaluator {evaluator.id} "
+        "sample_options": sample_options,
+        "summary": f"{n} samples{''.join(f', {k}={v}' for k, v in sample_options.items())} vs real "
+                   f"{evaluator.dataset} {reference} split; evaluator {evaluator.id} "
                    f"(test accuracy {evaluator.test_accuracy:.2%}), seed {seed}",
         "seconds": {"setup": round(t1 - t0, 2), "generate": round(t2 - t1, 2), "evaluate": round(t3 - t2, 2)},
     }
