@@ -376,12 +376,6 @@ class Evaluator:
             return torch.zeros(0, self.feature_dim), torch.zeros(0, self.num_classes)
         return torch.cat(feats), torch.cat(logits)
 
-    def feature_module(self) -> nn.Module:
-        """An nn.Module for torchmetrics' `feature=` argument (see features.EvaluatorFeatures)."""
-        from genforge.evaluation.features import EvaluatorFeatures
-
-        return EvaluatorFeatures(self)
-
 
 def _build(config: dict) -> EvaluatorNet:
     a = config["arch"]

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -18,8 +19,10 @@ from safetensors.torch import save_file
 
 from genforge.data import load_image_dataset
 from genforge.data.registry import check_split
-from genforge.evaluation.evaluator import Evaluator
 from genforge.evaluation.metrics import nearest_neighbour_distances
+
+if TYPE_CHECKING:  # evaluator.py writes reference files; this module only reads an Evaluator's attributes
+    from genforge.evaluation.evaluator import Evaluator
 
 MEMORIZATION_FILE = "memorization.json"
 MEMORIZATION_PERCENTILE = 1.0

@@ -20,6 +20,7 @@ a lower bound in expectation that rises towards log p(x) as k grows.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -142,7 +143,7 @@ class VAEMethod(ImageMethod):
             y = y if cfg.conditional else None
             target = binarize(x, rng) if cfg.likelihood == "bernoulli" else x
             eps = _noise((k, len(x), cfg.latent_dim) if k > 1 else (len(x), cfg.latent_dim), rng, x.device)
-            with accelerator.no_sync(net) if i < n_mb - 1 else _nothing():
+            with accelerator.no_sync(net) if i < n_mb - 1 else nullcontext():
                 with accelerator.autocast():
                     params, z, mu, logvar = net(model_input(cfg.likelihood, target), y, eps)
                 kl = gaussian_kl(mu, logvar)  # (N, D), in fp32 from here on
@@ -228,12 +229,6 @@ class VAEMethod(ImageMethod):
         """Per image: the k-sample importance estimate of log p(x), and the ELBO's two terms, in nats."""
         rec, kl = elbo_terms(net, target, labels, rng)
         return {"log_likelihood": importance_log_likelihood(net, target, labels, k, rng), "rec": rec, "kl": kl}
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _unwrap(net):
