@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from genforge.data.registry import cache_dir  # the one rule for genforge's cache folder
 from genforge.errors import UserError
 
 #: the settings a user may write; "no" is fp32
@@ -41,14 +42,6 @@ CACHE_VERSION = 1
 # Flags that decide how fast low-precision matrix work is on x86; shown by `genforge info` and kept with
 # every verdict, so a cached figure says which kind of CPU it was measured on.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
-
-
-def cache_dir() -> Path:
-    """$GENFORGE_CACHE, else $XDG_CACHE_HOME/genforge, else ~/.cache/genforge."""
-    if os.environ.get("GENFORGE_CACHE"):
-        return Path(os.environ["GENFORGE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "genforge"
 
 
 def _cpuinfo() -> str:

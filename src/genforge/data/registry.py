@@ -210,9 +210,8 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where decoded copies of datasets are kept: $GENFORGE_CACHE, else $XDG_CACHE_HOME/genforge, else
-    ~/.cache/genforge. The rule of genforge.precision.cache_dir, repeated here so that genforge.data stays
-    importable without the rest of genforge."""
+    """genforge's cache folder (decoded datasets, precision verdicts): $GENFORGE_CACHE, else
+    $XDG_CACHE_HOME/genforge, else ~/.cache/genforge. Here, in the leaf data layer, so every user shares it."""
     if os.environ.get(CACHE_ENV, "").strip():
         return Path(os.environ[CACHE_ENV].strip()).expanduser()
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
