@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,10 +82,20 @@ class _Generator(ABC):
         return prec.autocast(self.device.type, dtype)
 
 
+@dataclass
+class ImageJob:
+    """One request's images, ready to render: n, the family's options and what `draw` took from its seed."""
+
+    n: int
+    options: dict
+    drawn: dict[str, torch.Tensor]
+
+
 class ImageGenerator(_Generator):
     """A loaded image model: `generate(n, seed, labels)` -> uint8 (N, H, W, C)."""
 
     PROBE_BATCH = 64
+    modality = "image"
 
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, device: torch.device,
                  weights_file: str = WEIGHTS_FILE, precision: str = "no"):
@@ -166,10 +177,34 @@ class ImageGenerator(_Generator):
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
-            with self._autocast(self.dtype):
-                x = self.method.sample(self.net, self.spec, m, lab, rng, self.device, **options)
-            out.append(from_model_range(x.float()).cpu())
-        return torch.cat(out).numpy()
+            out.append(self._render([self.method.draw(self.net, self.spec, m, lab, rng, **options)], options)[0])
+        return np.concatenate(out)
+
+    def job(self, n: int, seed: int | None = None, labels=None, **options) -> ImageJob:
+        """A request for n images, checked and with its randomness drawn now: `run` renders many at once."""
+        if n < 1:
+            raise UserError(f"n must be at least 1, got {n}.")
+        options = self._options(options)
+        drawn = self.method.draw(self.net, self.spec, n, self._labels(labels, n), self._rng(seed), **options)
+        return ImageJob(n, options, drawn)
+
+    @torch.no_grad()
+    def run(self, jobs: list[ImageJob]) -> list[np.ndarray]:
+        """Render several jobs (with equal options) in one forward pass: each job's images are those
+        `generate` gives for the same n, seed, labels and options, whatever shares the batch."""
+        if not jobs:
+            return []
+        if any(job.options != jobs[0].options for job in jobs):
+            raise UserError("Jobs rendered together must have the same options; render the others separately.")
+        return self._render([job.drawn for job in jobs], jobs[0].options)
+
+    def _render(self, draws: list[dict], options: dict) -> list[np.ndarray]:
+        drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
+        with self._autocast(self.dtype):
+            x = self.method.render(self.net, drawn, self.device, **options)
+        images = from_model_range(x.float()).cpu().numpy()
+        sizes = [len(next(iter(d.values()))) for d in draws]
+        return np.split(images, np.cumsum(sizes)[:-1])
 
     # -- latent space: VAEs (encode, decode, reconstruct) and any family with latents (interpolate) ------------
     def _model_input(self, images) -> torch.Tensor:
@@ -244,6 +279,25 @@ class ImageGenerator(_Generator):
         return save_grid(images, path, nrow)
 
 
+@dataclass
+class TextJob:
+    """One row of a batched text generation: its prompt, limits, sampling and generator, and (filled in
+    by `TextGenerator.run`) its token counts and why it ended: "stop", "length" or "cancelled"."""
+
+    prompt: str
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: list[str] | str | None = None
+    rng: torch.Generator | None = None
+    cancelled: Callable[[], bool] | None = None  # polled after each token; True ends the row
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    ended: bool = False  # its last piece has been handed out
+
+
 class TextGenerator(_Generator):
     """A loaded language model: `generate(prompt, ...)` -> str (or a list for a list of prompts), `stream(...)`.
 
@@ -252,6 +306,7 @@ class TextGenerator(_Generator):
     unknown id is never generated.
     """
 
+    modality = "text"
     PROBE_TOKENS = 16  # one probe step: a one-token prompt continued by this many tokens, batch 1
 
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, tokenizer, device: torch.device,
@@ -291,52 +346,79 @@ class TextGenerator(_Generator):
             ids = self.tokenizer.encode("\n")
         return ids
 
-    def _run(self, prompts: list[str], max_new_tokens: int, temperature: float, top_k: int | None,
-             top_p: float | None, seed: int | None, stop: list[str] | str | None, use_cache: bool,
-             dtype: torch.dtype | None) -> Iterator[list[str | None]]:
-        """Yields, per step, the new text of each row ("" while a multi-byte character or a possible stop
-        string is incomplete; None once the row has ended). No stop string, nor anything after it, is
-        ever handed out."""
+    def run(self, jobs: list[TextJob], use_cache: bool = True, dtype: torch.dtype | None = None
+            ) -> Iterator[list[str | None]]:
+        """Generate every job as one batch, yielding per step each job's new text ("" while a multi-byte
+        character or a possible stop string is incomplete; None once the job has ended). No stop string,
+        nor anything after it, is ever handed out. Jobs carry their own limits, sampling settings and
+        generator, so a job's text is the same whatever else shares its batch (the server's batching);
+        each job's token counts and finish reason are filled in as it runs."""
         from genforge.data.tokenizers import StreamDecoder
         from genforge.models.sampling import generate
 
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
-        decoders = [StreamDecoder(self.tokenizer) for _ in prompts]
-        text = [""] * len(prompts)  # generated text so far, per row
-        sent = [0] * len(prompts)  # how much of it was handed out; a stop string never starts before this
-        done = [False] * len(prompts)
+        if not jobs:
+            raise UserError("Give at least one prompt.")
+        stops = [[job.stop] if isinstance(job.stop, str) else [s for s in (job.stop or []) if s] for job in jobs]
+        decoders = [StreamDecoder(self.tokenizer) for _ in jobs]
+        text = [""] * len(jobs)  # generated text so far, per row
+        sent = [0] * len(jobs)  # how much of it was handed out; a stop string never starts before this
+        done = [False] * len(jobs)
 
         def first_stop(b: int) -> int:
-            return min((i for i in (text[b].find(s, sent[b]) for s in stops) if i >= 0), default=-1)
+            return min((i for i in (text[b].find(s, sent[b]) for s in stops[b]) if i >= 0), default=-1)
 
         def on_token(b: int, ids: list[int]) -> bool:  # called by `generate` for each new id of a row
+            jobs[b].completion_tokens = len(ids)
             text[b] += decoders[b].push(ids[-1])
-            return first_stop(b) >= 0
+            if first_stop(b) >= 0:
+                jobs[b].finish_reason = "stop"
+                return True
+            if jobs[b].cancelled is not None and jobs[b].cancelled():
+                jobs[b].finish_reason = "cancelled"
+                return True
+            return False
 
         def take(b: int, final: bool) -> str | None:
             if done[b]:
                 return None
             cut = first_stop(b)
             if cut >= 0 or final:
-                done[b] = True
+                done[b] = jobs[b].ended = True
+                jobs[b].finish_reason = jobs[b].finish_reason or ("stop" if cut >= 0 else "length")
                 return text[b][sent[b]:cut if cut >= 0 else None]
             # Hold back the longest tail that could still grow into a stop string.
-            tail = max((k for s in stops for k in range(1, len(s)) if text[b].endswith(s[:k])), default=0)
+            tail = max((k for s in stops[b] for k in range(1, len(s)) if text[b].endswith(s[:k])), default=0)
             piece = text[b][sent[b]:len(text[b]) - tail]
             sent[b] += len(piece)
             return piece
 
-        rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
-        ids = [self._prompt_ids(p) for p in prompts]
+        ids = [self._prompt_ids(job.prompt) for job in jobs]
+        for job, row in zip(jobs, ids):
+            job.prompt_tokens, job.completion_tokens, job.finish_reason, job.ended = len(row), 0, None, False
+            if job.rng is None:
+                job.rng = torch.Generator().manual_seed(int(torch.seed() % 2**63))
         unk = self.tokenizer.unk_id  # stands for no character: it would only print as U+FFFD
         dtype = self.dtype if dtype is None else dtype
-        for _ in generate(self._net_in(dtype), ids, max_new_tokens, temperature, top_k, top_p, generator=rng,
+        for out in generate(self._net_in(dtype), ids, [j.max_new_tokens for j in jobs], [j.temperature for j in jobs],
+                          [j.top_k for j in jobs], [j.top_p for j in jobs], generator=[j.rng for j in jobs],
                           should_stop=on_token, use_cache=use_cache, dtype=dtype,
                           banned_ids=[] if unk is None else [unk]):
-            yield [take(b, final=False) for b in range(len(prompts))]
-        for b in range(len(prompts)):
+            for b, job in enumerate(jobs):  # a row that has ended hands out its last piece now, not with the batch
+                if not done[b] and (out[b] is None or job.completion_tokens >= job.max_new_tokens):
+                    text[b] += decoders[b].flush()
+            yield [take(b, final=out[b] is None or jobs[b].completion_tokens >= jobs[b].max_new_tokens)
+                   for b in range(len(jobs))]
+        for b in range(len(jobs)):
             text[b] += decoders[b].flush()
-        yield [take(b, final=True) for b in range(len(prompts))]
+        yield [take(b, final=True) for b in range(len(jobs))]
+
+    def jobs(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None
+             ) -> list[TextJob]:
+        """One job per prompt, sharing one generator seeded by `seed`: what `generate` runs, and what a
+        server request becomes."""
+        rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop, rng) for p in prompts]
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -352,7 +434,8 @@ class TextGenerator(_Generator):
         if not prompts:
             raise UserError("Give at least one prompt.")
         pieces = [[] for _ in prompts]
-        for step in self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, dtype):
+        jobs = self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)
+        for step in self.run(jobs, use_cache, dtype):
             for row, piece in zip(pieces, step):
                 if piece:
                     row.append(piece)
@@ -363,7 +446,8 @@ class TextGenerator(_Generator):
                top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
                use_cache: bool = True, dtype: torch.dtype | None = None) -> Iterator[str]:
         """Like `generate` for one prompt, yielding text pieces as they are produced."""
-        for (piece,) in self._run([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, use_cache, dtype):
+        jobs = self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop)
+        for (piece,) in self.run(jobs, use_cache, dtype):
             if piece:
                 yield piece
 

@@ -11,6 +11,8 @@ language models have theirs in `methods/lm.py`.
 
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,8 @@ class SampleOption:
             value = self.type(value)
         except (TypeError, ValueError):
             raise UserError(f"{name} must be a {self.type.__name__}, got {value!r}.") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}.")
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise UserError(f"{name}={value} is out of range: use {self.min}..{self.max}.")
         return value

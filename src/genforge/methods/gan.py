@@ -333,15 +333,20 @@ class GANMethod(ImageMethod):
         return out
 
     @classmethod
-    def sample(cls, net, spec, n, labels, rng, device, **options):
-        z = cls.latents(net, n, rng, device)
+    def draw(cls, net, spec, n, labels, rng, **options):
+        drawn = {"z": sample_latent(n, net.z_dim, getattr(net, "codes", 0), rng)[0]}
         if net.num_classes:
             if labels is None and net.label_prior is not None:  # self-conditioned: clusters as often as in the data
                 labels = torch.multinomial(net.label_prior.float().cpu(), n, replacement=True, generator=rng)
             elif labels is None:
                 labels = torch.arange(n) % net.num_classes
-            return net(z, labels.to(device))
-        return net(z)
+            drawn["labels"] = labels.cpu()
+        return drawn
+
+    @classmethod
+    def render(cls, net, drawn, device, **options):
+        z = drawn["z"].to(device)
+        return net(z, drawn["labels"].to(device)) if net.num_classes else net(z)
 
     @classmethod
     def latents(cls, net, n, rng, device, **options):

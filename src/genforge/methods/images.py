@@ -85,10 +85,24 @@ class ImageMethod(Method):
     def spec_from_meta(cls, data_meta: dict) -> DataSpec:
         return DataSpec(data_meta["height"], data_meta["width"], data_meta["channels"], len(data_meta.get("classes") or []))
 
+    # Sampling in two halves, so that a server can merge requests: `draw` takes everything random about n
+    # samples from the request's own generator (on the CPU), `render` turns the rows of one or many
+    # requests' draws into images in one forward pass. A sample thus never depends on its batch.
     @classmethod
     @abstractmethod
+    def draw(cls, net, spec, n, labels, rng, **options) -> dict[str, torch.Tensor]:
+        """Everything random about n samples as CPU tensors whose first dimension is n (row i: sample i),
+        drawn from `rng`; `labels` (n,) or None as given by the caller; `options` are `sample_options`."""
+
+    @classmethod
+    @abstractmethod
+    def render(cls, net, drawn: dict[str, torch.Tensor], device, **options) -> torch.Tensor:
+        """Images (float NCHW in [-1, 1]) from `draw`'s rows (possibly several draws concatenated)."""
+
+    @classmethod
     def sample(cls, net, spec, n, labels, rng, device, **options) -> torch.Tensor:
         """n samples as float NCHW in [-1, 1] from the exported network; `options` are `sample_options`."""
+        return cls.render(net, cls.draw(net, spec, n, labels, rng, **options), device, **options)
 
     # A latent space, for walks between seeds or images. Families with one override `latents` and `decode`
     # (and `encode` when they have an encoder); `sample` is then decode(latents(...)).

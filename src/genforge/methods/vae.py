@@ -188,10 +188,15 @@ class VAEMethod(ImageMethod):
         return net.encode(x, _labels_for(net, labels, x.device))[0]
 
     @classmethod
-    def sample(cls, net, spec, n, labels, rng, device, temperature: float = 1.0):
-        if net.num_classes and labels is None:
-            labels = torch.arange(n) % net.num_classes
-        return cls.decode(net, cls.latents(net, n, rng, device, temperature), labels)
+    def draw(cls, net, spec, n, labels, rng, temperature: float = 1.0):
+        drawn = {"z": cls.latents(net, n, rng, "cpu", temperature)}
+        if net.num_classes:
+            drawn["labels"] = (torch.arange(n) % net.num_classes if labels is None else labels).cpu()
+        return drawn
+
+    @classmethod
+    def render(cls, net, drawn, device, **options):
+        return cls.decode(net, drawn["z"].to(device), drawn.get("labels"))
 
     @classmethod
     def write_samples(cls, net, data, path, seed, accelerator) -> Path:

@@ -72,6 +72,53 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return (cdf < u).sum(dim=-1).clamp_(max=probs.size(-1) - 1)
 
 
+def select_next_rows(logits: torch.Tensor, temperatures: list[float], top_ks: list[int | None],
+                     top_ps: list[float | None], generators: list[torch.Generator | None],
+                     banned: torch.Tensor | None = None, active: list[bool] | None = None) -> list[int]:
+    """`select_next` with each row's own temperature, top-k, top-p and random generator: one id per row
+    (0 for rows not `active`, which draw nothing).
+
+    Each active row draws exactly one uniform number from its own generator, in row order, so a row's
+    tokens do not depend on which other rows share its batch: what lets a server merge requests
+    without changing any request's result. Rows may share a generator (one request's several rows).
+    """
+    rows = logits.size(0)
+    active = [True] * rows if active is None else active
+    if banned is not None and len(banned):
+        logits = logits.index_fill(-1, banned, float("-inf"))
+    out = [0] * rows
+    greedy = [b for b in range(rows) if active[b] and temperatures[b] == 0]
+    if greedy:
+        for b, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
+            out[b] = t
+    sampled = [b for b in range(rows) if active[b] and temperatures[b] != 0]
+    if not sampled:
+        return out
+    draws = {b: torch.rand(1, generator=generators[b], device=generators[b].device if generators[b] is not None
+                           else "cpu") for b in sampled}  # in row order, before any regrouping
+    lg = logits[sampled].float()
+    temps = [temperatures[b] for b in sampled]
+    if any(t != 1.0 for t in temps):
+        lg = lg / torch.tensor(temps, dtype=lg.dtype, device=lg.device).unsqueeze(1)
+    groups: dict[tuple, list[int]] = {}
+    for i, b in enumerate(sampled):
+        groups.setdefault((top_ks[b], top_ps[b]), []).append(i)
+    if len(groups) == 1:
+        (k, p), = groups
+        lg = filter_logits(lg, k, p)
+    else:
+        lg = torch.cat([filter_logits(lg[idx], k, p) for (k, p), idx in groups.items()])
+        order = [i for idx in groups.values() for i in idx]
+        sampled = [sampled[i] for i in order]
+    probs = torch.softmax(lg, dim=-1)
+    u = torch.cat([draws[b] for b in sampled]).to(probs.device)
+    cdf = probs.cumsum(dim=-1)
+    ids = (cdf < ((1.0 - u).unsqueeze(1) * cdf[:, -1:])).sum(dim=-1).clamp_(max=probs.size(-1) - 1).tolist()
+    for b, t in zip(sampled, ids):
+        out[b] = t
+    return out
+
+
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              stop_ids: Iterable[int] = (), should_stop: Callable[[int, list[int]], bool] | None = None,
@@ -84,7 +131,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     `should_stop(row, ids_so_far)` returns True after a yielded id (e.g. a stop string appeared in the
     decoded text); an ended row yields None. Ids in `banned_ids` are never sampled (e.g. a tokenizer's
     unknown id, which stands for no particular character). The generator returns when every row has ended or after
-    `max_new_tokens` steps. `use_cache=False` recomputes the whole context each step (the reference
+    `max_new_tokens` steps.
+
+    `max_new_tokens`, `temperature`, `top_k`, `top_p` and `generator` may each be a list, one value per row
+    (a server's batch of unrelated requests); rows then sample through `select_next_rows`, each drawing
+    from its own generator, so a row's text does not depend on its batch. `use_cache=False` recomputes the whole context each step (the reference
     path). The model is put in eval mode while generating and restored afterwards.
 
     `dtype=torch.bfloat16` generates with a bfloat16 copy of the weights, cast once, under autocast
@@ -94,20 +145,35 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     bf16 pays off for large models, whose decoding reads all weights per token (GPT-2 small on CPU:
     ~1.5x); tiny models are faster in float32.
     """
-    check_sampling_args(temperature, top_k, top_p)  # here, not at the first next(): errors surface at the call
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
         raise UserError("prompts must be a list of token-id lists, one per row. Fix: wrap a single prompt "
                         "as [ids].")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("Every prompt needs at least one token. Fix: start from a non-empty prompt "
                         "(e.g. a newline encoded with the model's tokenizer).")
-    return _generate(model, [list(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, generator,
+    rows = _per_row(len(prompts), temperature, top_k, top_p, generator, max_new_tokens)
+    for t, k, p in zip(*rows[:3]):  # here, not at the first next(): errors surface at the call
+        check_sampling_args(t, k, p)
+    return _generate(model, [list(p) for p in prompts], rows if rows[-1] is not None else None,
+                     max_new_tokens, temperature, top_k, top_p, generator,
                      set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)))
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
+def _per_row(n: int, *values) -> list:
+    """Each of temperature, top_k, top_p, generator, max_new_tokens as a list of n per-row values; the last
+    entry of the result is None when every value was a single one (the vectorised path applies)."""
+    lists = [v for v in values if isinstance(v, (list, tuple))]
+    if any(len(v) != n for v in lists):
+        raise UserError(f"Per-row sampling settings need one value per prompt ({n}); got lists of "
+                        f"{sorted({len(v) for v in lists})}.")
+    rows = [list(v) if isinstance(v, (list, tuple)) else [v] * n for v in values]
+    return rows + [True if lists else None]
+
+
+def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
               use_cache, dtype, banned_ids):
-    if max_new_tokens <= 0:
+    limits = per_row[4] if per_row else [max_new_tokens] * len(prompts)
+    if max(limits) <= 0:
         return
     device_type = next(model.parameters()).device.type
     if dtype is not None and dtype != next(model.parameters()).dtype:
@@ -133,10 +199,15 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generat
                             f"unbanned; got {banned_ids}.")
         banned = torch.tensor(banned_ids, dtype=torch.long, device=session.logits.device)
         generated: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        for step in range(max_new_tokens):
+        done = [limit <= 0 for limit in limits]
+        total = max(limits)
+        for step in range(total):
             with mode():
-                next_ids = select_next(session.logits, temperature, top_k, top_p, generator, banned).tolist()
+                if per_row:
+                    next_ids = select_next_rows(session.logits, per_row[0], per_row[1], per_row[2], per_row[3],
+                                                banned, [not d for d in done])
+                else:
+                    next_ids = select_next(session.logits, temperature, top_k, top_p, generator, banned).tolist()
             out: list[int | None] = []
             for b, t in enumerate(next_ids):
                 if done[b] or t in stop:
@@ -145,14 +216,14 @@ def _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, generat
                     continue
                 generated[b].append(t)
                 out.append(t)
-                if should_stop is not None and should_stop(b, generated[b]):
+                if (should_stop is not None and should_stop(b, generated[b])) or len(generated[b]) >= limits[b]:
                     done[b] = True
             if all(t is None for t in out):
                 return
             yield out
             if all(done):
                 return
-            if step + 1 < max_new_tokens:
+            if step + 1 < total:
                 with mode():
                     session.push(next_ids)
     finally:
@@ -185,4 +256,4 @@ class _Both:
         return False
 
 
-__all__ = ["select_next", "filter_logits", "generate", "generate_ids", "check_sampling_args"]
+__all__ = ["select_next", "select_next_rows", "filter_logits", "generate", "generate_ids", "check_sampling_args"]
