@@ -427,6 +427,51 @@ def evaluator_train(
         out.print("already trained (cached); --force trains it again")
 
 
+@app.command()
+@user_errors
+def serve(
+    runs: List[str] = typer.Argument(..., help="Run directories to serve, each RUN_DIR or NAME=RUN_DIR (the name "
+                                               "clients pass as `model`; default: the directory's name)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind. The default answers this machine only; use "
+                                                "0.0.0.0 to serve others, and then set API keys."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line: clients must send "
+                                                           "`Authorization: Bearer KEY` on every /v1 route. Keys can "
+                                                           "also come from GENFORGE_API_KEYS (comma-separated)."),
+    max_batch: int = typer.Option(32, min=1, help="Most rows (images, or text choices) merged into one forward "
+                                                  "pass; also the most one request may ask for."),
+    max_wait_ms: float = typer.Option(10.0, min=0, help="How long a batch waits for more requests to join."),
+    max_queue: int = typer.Option(64, min=1, help="Requests waiting per model; beyond it, 429 with Retry-After."),
+    timeout: float = typer.Option(120.0, min=1, help="Seconds a request may take, queue included (then 504)."),
+    max_tokens: int = typer.Option(1024, min=1, help="Largest max_tokens a completion may ask for."),
+    max_images: int = typer.Option(64, min=1, help="Most images per request (also capped by --max-batch)."),
+    workers: int = typer.Option(1, min=1, help="Processes on this port, each with its own copy of the models "
+                                               "(replicas are stateless: any balancer can front several machines)."),
+    precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
+    log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
+) -> None:
+    """Serve trained runs over HTTP with an OpenAI-compatible API and a web playground.
+
+    Routes: GET / (playground), GET /v1/models, POST /v1/completions (text; stream=true for server-sent
+    events), POST /v1/images/generations (images as base64 PNG), GET /healthz, /readyz, /metrics
+    (Prometheus), /docs (OpenAPI). Concurrent requests for a model are batched; SIGTERM drains requests in
+    flight before exiting. Needs the `serve` extra: pip install 'genforge[serve]'.
+    """
+    try:
+        from genforge.serving.app import ServeSettings
+        from genforge.serving.server import parse_models, serve as run_server
+    except ImportError as e:
+        raise UserError(f"`genforge serve` needs the serve extra ({e.name} is missing). Fix: pip install "
+                        "'genforge[serve]'.") from None
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key_file and not os.environ.get("GENFORGE_API_KEYS"):
+        err.print(f"[yellow]warning:[/] serving on {host} without API keys: anyone who can reach this port can "
+                  "use the models. Set --api-key-file.", highlight=False)
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
+                             max_tokens=max_tokens, max_images=max_images)
+    run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,
+               api_key_file=str(api_key_file) if api_key_file else None, log_level=log_level)
+
+
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (an input converted to the model's size, ...) as one line, no source location."""
     err.print(f"note: {message}", highlight=False, soft_wrap=True)

@@ -1,0 +1,38 @@
+"""Prometheus metrics of one server. A registry per app (tests build many apps in one process); with
+several worker processes (PROMETHEUS_MULTIPROC_DIR set by `genforge serve --workers`), values go to
+shared files and /metrics adds up every worker's."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("genforge_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
+        self.latency = Histogram("genforge_request_seconds", "Request latency by route (to the last byte).",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("genforge_batch_rows", "Rows (images or text choices) per batch.", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting for a batch.", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
+        self.tokens = Counter("genforge_generated_tokens", "Tokens generated.", ["model"], registry=r)
+        self.prompt_tokens = Counter("genforge_prompt_tokens", "Prompt tokens read.", ["model"], registry=r)
+        self.images = Counter("genforge_generated_images", "Images generated.", ["model"], registry=r)
+        self.rejected = Counter("genforge_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
+
+    def exposition(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,149 @@
+"""The request and response bodies of the OpenAI-shaped API, as pydantic models (the OpenAPI document is
+generated from them). Limits that depend on the server's settings are checked in `app.py`, where the
+settings are; the shapes and fixed ranges live here."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx (and the rare 5xx) answer, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class ModelLimits(BaseModel):
+    max_n: int
+    max_rows: int
+    max_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+
+
+class ModelInfo(BaseModel):
+    """genforge's extension to a model entry: what the playground and clients need to build a request."""
+
+    modality: Literal["image", "text"]
+    family: str
+    classes: list[str] = []
+    conditional: bool = False
+    image_size: str | None = None
+    channels: int | None = None
+    options: dict[str, dict] = {}
+    limits: ModelLimits
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "genforge"
+    genforge: ModelInfo
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's /v1/completions body; `top_k` is an extension. Fields OpenAI has and genforge does not
+    implement (logprobs, best_of > 1, penalties, suffix) are refused with 400 rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: str | list[str] = Field("", description="A string or a list of strings (one choice set per prompt).")
+    max_tokens: int = Field(16, ge=0, description="New tokens per choice, at most the server's limit (see /v1/models).")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, description="Extension: keep the k most likely tokens.")
+    n: int = Field(1, ge=1, description="Choices per prompt, at most the server's limit.")
+    stop: str | list[str] | None = Field(None, description="Up to the server's number of stop strings.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="The same seed gives the same text.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    echo: bool = False
+    user: str | None = None
+    logprobs: int | None = Field(None, description="Not supported: must be absent.")
+    best_of: int | None = Field(None, description="Only 1 is supported.")
+    suffix: str | None = Field(None, description="Not supported: must be absent.")
+    presence_penalty: float = Field(0.0, description="Only 0 is supported.")
+    frequency_penalty: float = Field(0.0, description="Only 0 is supported.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent.")
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ImageRequest(BaseModel):
+    """OpenAI's /v1/images/generations body. Extensions: `seed`, `label` (a class index or name, for
+    class-conditional models) and the model's own sampling options as further fields (listed per model in
+    /v1/models under genforge.options, e.g. `temperature` for a VAE)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    prompt: str | None = Field(None, description="Unconditional models ignore it; for class-conditional ones a "
+                                                 "class name picks the class (like `label`).")
+    n: int = Field(1, ge=1, description="Images, at most the server's limit.")
+    size: str | None = Field(None, description="Must be the model's own size, e.g. '28x28' (or absent).")
+    response_format: Literal["b64_json", "url"] = Field("b64_json", description="Only b64_json (PNG) is served.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="The same seed gives the same images.")
+    label: int | str | None = Field(None, description="Class index or name, for class-conditional models.")
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class ImageResponse(BaseModel):
+    created: int = Field(default_factory=lambda: int(time.time()))
+    data: list[ImageData]
+
+
+class Health(BaseModel):
+    status: str
+    pid: int
+
+
+class Ready(BaseModel):
+    status: str
+    models: list[str]

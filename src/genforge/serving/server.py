@@ -1,0 +1,67 @@
+"""Loading the served models and running uvicorn (one process, or W worker processes on one port)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from genforge.errors import UserError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    """RUN_DIR or name=RUN_DIR -> {name: path}; the name defaults to the directory's name."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item.rstrip("/")).name, item
+        if not NAME.match(name):
+            raise UserError(f"Model name '{name}' is not allowed: use letters, digits, '.', '_' or '-' (at most 64). "
+                            "Fix: pass name=RUN_DIR.")
+        if name in out:
+            raise UserError(f"Two models are named '{name}'. Fix: name them, e.g. a={out[name]} b={path}.")
+        out[name] = path
+    if not out:
+        raise UserError("Give at least one run directory to serve.")
+    return out
+
+
+def load_models(spec: dict[str, str], precision: str = "auto") -> dict:
+    """{name: generator}; only genforge run directories load (config.json + safetensors, never pickle)."""
+    from genforge.artifacts import load
+
+    return {name: load(path, precision=precision) for name, path in spec.items()}
+
+
+def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          precision: str = "auto", settings=None, api_key_file: str | None = None, log_level: str = "info") -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, finish what is in flight, exit."""
+    import uvicorn
+
+    from genforge.serving.app import ServeSettings, create_app
+    from genforge.serving.auth import load_keys
+
+    settings = settings or ServeSettings()
+    settings.api_keys = load_keys(api_key_file)
+    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+                  access_log=True)
+    if workers <= 1:
+        app = create_app(load_models(models, precision), settings)
+        uvicorn.run(app, **common)
+        return
+    from genforge.artifacts import read_config
+
+    for path in models.values():  # fail here, once, rather than in every worker
+        read_config(path)
+    # the keys stay in their file (or GENFORGE_API_KEYS): each worker reads them itself
+    os.environ["GENFORGE_SERVE"] = json.dumps({"models": models, "precision": precision, "api_key_file": api_key_file,
+                                               "settings": {**asdict(settings), "api_keys": []}})
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="genforge-metrics-")
+    uvicorn.run("genforge.serving.app:app_from_env", factory=True, workers=workers, **common)

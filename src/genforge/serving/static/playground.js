@@ -1,0 +1,357 @@
+"use strict";
+// genforge playground: builds its form from GET /v1/models and calls the OpenAI-compatible API of the
+// server it is served from. No dependencies, no build step.
+
+const KEY_STORAGE = "genforge.apiKey";  // sessionStorage: this tab only, never the URL
+
+// Sampling fields every text model takes. A model's own `options` refine them (defaults, ranges) or add more.
+const TEXT_OPTIONS = {
+  temperature: {type: "float", default: 1.0, min: 0, max: 10,
+                help: "Higher is more random; 0 always picks the likeliest token."},
+  top_p: {type: "float", default: 1.0, min: 0, max: 1,
+          help: "Sample only from the likeliest tokens whose probabilities add up to this."},
+  top_k: {type: "int", default: null, min: 1, help: "Sample only from the k likeliest tokens (optional)."},
+};
+
+const $ = (id) => document.getElementById(id);
+let models = new Map();    // id -> entry of GET /v1/models
+let optionInputs = [];     // [{name, spec, input}] for the selected model
+let controller = null;     // AbortController of the running request
+let modelsRequest = 0;     // only the newest model-list answer is used
+
+// ---- HTTP ----
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? {"Authorization": `Bearer ${key}`} : {};
+}
+
+async function request(path, body, signal) {
+  let resp;
+  try {
+    resp = await fetch(path, body === undefined
+      ? {headers: headers(), signal}
+      : {method: "POST", headers: {...headers(), "Content-Type": "application/json"}, body: JSON.stringify(body), signal});
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new Error(`Could not reach the server (${err.message}).`);
+  }
+  if (!resp.ok) throw await httpError(resp);
+  return resp;
+}
+
+// The server answers errors as {"error": {"message", "type", "param", "code"}}.
+async function httpError(resp) {
+  let message = `HTTP ${resp.status} ${resp.statusText}`.trim();
+  try {
+    const body = await resp.json();
+    if (body && body.error && body.error.message) message = body.error.message;
+  } catch { /* not JSON: keep the status line */ }
+  return Object.assign(new Error(message), {status: resp.status});
+}
+
+// Yields the `data:` payload of each server-sent event as it arrives.
+async function* serverSentEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const {value, done} = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), {stream: !done});
+      const events = buffer.split(/\r?\n\r?\n/);
+      buffer = done ? "" : events.pop();  // the last piece may be an event still arriving
+      for (const event of events) {
+        const data = event.split(/\r?\n/).filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, "")).join("\n");
+        if (data) yield data;
+      }
+      if (done) return;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// ---- status and errors ----
+
+function showError(err) {
+  const box = $("error");
+  if (!err) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  box.textContent = err.status === 401
+    ? `This server needs a valid API key: enter it in the "API key" field above. (Server said: ${err.message})`
+    : err.message;
+  box.hidden = false;
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function seconds(started) {
+  return `${((performance.now() - started) / 1000).toFixed(2)} s`;
+}
+
+// ---- the form ----
+
+function describe(model) {
+  const info = model.genforge || {};
+  const parts = [info.modality, info.family, info.image_size];
+  if (info.conditional && info.classes && info.classes.length) parts.push(`${info.classes.length} classes`);
+  return parts.filter(Boolean).join(" · ");
+}
+
+async function loadModels() {
+  const mine = ++modelsRequest;
+  const select = $("model");
+  let list;
+  try {
+    list = (await (await request("/v1/models")).json()).data;
+  } catch (err) {
+    if (mine !== modelsRequest) return;
+    showError(err);
+    if (!models.size) select.replaceChildren(new Option(err.status === 401 ? "enter the API key to list the models" : "no models", ""));
+    return;
+  }
+  if (mine !== modelsRequest) return;
+  const previous = select.value;
+  models = new Map(list.map((m) => [m.id, m]));
+  select.replaceChildren(...list.map((m) => new Option(`${m.id} (${(m.genforge || {}).family || "model"})`, m.id)));
+  if (!models.size) select.append(new Option("this server serves no models", ""));
+  if (models.has(previous)) select.value = previous;
+  showError(null);
+  renderModel();
+}
+
+function show(fieldset, visible) {
+  fieldset.hidden = !visible;
+  fieldset.disabled = !visible;  // hidden fields take no part in form validation
+}
+
+function setMax(input, max) {
+  if (max != null) {
+    input.max = max;
+    if (Number(input.value) > max) input.value = max;
+  } else {
+    input.removeAttribute("max");
+  }
+}
+
+function renderModel() {
+  const model = models.get($("model").value);
+  const info = (model && model.genforge) || {};
+  const limits = info.limits || {};
+  const isImage = info.modality === "image", isText = info.modality === "text";
+  show($("image-fields"), isImage);
+  show($("text-fields"), isText);
+  $("model-info").textContent = !model ? ""
+    : isImage || isText ? describe(model) : `${describe(model)}: this playground cannot drive this kind of model yet.`;
+  $("generate").disabled = !(isImage || isText) || controller !== null;
+  optionInputs = [];
+  if (isImage) {
+    setMax($("n"), limits.max_n);
+    const classes = (info.conditional && info.classes) || [];
+    $("label").replaceChildren(new Option("every class in turn", ""), ...classes.map((c) => new Option(c, c)));
+    $("label-field").hidden = classes.length === 0;
+    buildOptions($("image-options"), info.options || {});
+  } else if (isText) {
+    setMax($("max_tokens"), limits.max_tokens);
+    const specs = {};
+    for (const [name, spec] of Object.entries(TEXT_OPTIONS)) specs[name] = {...spec, ...((info.options || {})[name] || {})};
+    buildOptions($("text-options"), {...info.options, ...specs});
+  }
+}
+
+// One labelled input per option the server describes: {type, default, min, max, step?, choices?, help}.
+function buildOptions(container, specs) {
+  container.replaceChildren();
+  for (const [name, spec] of Object.entries(specs)) {
+    const input = optionInput(spec);
+    input.id = `opt-${name}`;
+    const label = document.createElement("label");
+    label.htmlFor = input.id;
+    label.textContent = name;
+    const field = document.createElement("div");
+    field.append(label, input);
+    if (spec.help) {
+      input.title = label.title = spec.help;
+      const hint = document.createElement("small");
+      hint.className = "hint";
+      hint.id = `${input.id}-help`;
+      hint.textContent = spec.help;
+      input.setAttribute("aria-describedby", hint.id);
+      field.append(hint);
+    }
+    container.append(field);
+    optionInputs.push({name, spec, input});
+  }
+}
+
+function optionInput(spec) {
+  const type = String(spec.type || "").toLowerCase();
+  const choices = spec.choices || spec.enum;
+  if (Array.isArray(choices)) {
+    const select = document.createElement("select");
+    select.append(...choices.map((c) => new Option(String(c), String(c), false, c === spec.default)));
+    return select;
+  }
+  const input = document.createElement("input");
+  if (type === "bool" || type === "boolean") {
+    input.type = "checkbox";
+    input.checked = Boolean(spec.default);
+  } else if (["int", "integer", "float", "number"].includes(type)) {
+    input.type = "number";
+    if (spec.min != null) input.min = spec.min;
+    if (spec.max != null) input.max = spec.max;
+    input.step = spec.step != null ? spec.step : type.startsWith("int") ? 1 : "any";
+    if (spec.default != null) input.value = spec.default;
+    else input.placeholder = "optional";
+  } else {
+    input.type = "text";
+    input.value = spec.default != null ? spec.default : "";
+  }
+  return input;
+}
+
+function optionValues() {
+  const values = {};
+  for (const {name, spec, input} of optionInputs) {
+    const choices = spec.choices || spec.enum;
+    if (Array.isArray(choices)) values[name] = choices.find((c) => String(c) === input.value);
+    else if (input.type === "checkbox") values[name] = input.checked;
+    else if (input.value === "") continue;  // empty: the server's default
+    else values[name] = input.type === "number" ? Number(input.value) : input.value;
+  }
+  return values;
+}
+
+function numberOrNothing(input) {
+  return input.value === "" ? undefined : Number(input.value);  // undefined fields are left out of the JSON
+}
+
+// ---- generation ----
+
+async function generateImages(model, signal, started) {
+  const grid = $("images");
+  grid.replaceChildren();
+  grid.dataset.state = "running";
+  const body = {model: model.id, n: Number($("n").value), seed: numberOrNothing($("image-seed")),
+                label: $("label").value || undefined, response_format: "b64_json", ...optionValues()};
+  setStatus(`Generating ${body.n} image${body.n === 1 ? "" : "s"}…`);
+  const result = await (await request("/v1/images/generations", body, signal)).json();
+  grid.replaceChildren(...result.data.map((item, i) => {
+    const img = new Image();
+    img.className = "sample";
+    img.alt = `generated image ${i + 1}`;
+    img.src = `data:image/png;base64,${item.b64_json}`;
+    return img;
+  }));
+  grid.dataset.state = "done";
+  setStatus(`${result.data.length} image${result.data.length === 1 ? "" : "s"} in ${seconds(started)}`);
+}
+
+async function generateText(model, signal, started) {
+  const out = $("output");
+  out.textContent = "";
+  out.dataset.chunks = "0";
+  out.dataset.state = "running";
+  const stop = $("stop").value.split(/\r?\n/).filter((s) => s !== "");
+  const stream = $("stream").checked;
+  const body = {model: model.id, prompt: $("prompt").value, max_tokens: Number($("max_tokens").value),
+                seed: numberOrNothing($("text-seed")), stop: stop.length ? stop : undefined, stream,
+                stream_options: stream ? {include_usage: true} : undefined, ...optionValues()};
+  setStatus(stream ? "Streaming…" : "Generating…");
+  const resp = await request("/v1/completions", body, signal);
+  let finish = null, usage = null;
+  if (!stream) {
+    const result = await resp.json();
+    out.textContent = result.choices[0].text;
+    out.dataset.chunks = "1";
+    finish = result.choices[0].finish_reason;
+    usage = result.usage;
+  } else {
+    let finished = false;
+    for await (const data of serverSentEvents(resp.body)) {
+      if (data === "[DONE]") {
+        finished = true;
+        break;
+      }
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      const choice = (chunk.choices || [])[0] || {};
+      if (choice.text) {
+        out.append(choice.text);  // shown as it arrives
+        out.dataset.chunks = String(Number(out.dataset.chunks) + 1);
+        out.scrollTop = out.scrollHeight;
+      }
+      finish = choice.finish_reason || finish;
+      usage = chunk.usage || usage;
+    }
+    if (!finished) throw new Error("The server closed the stream before it finished; the text above is partial.");
+  }
+  out.dataset.state = "done";
+  const parts = [`finish reason: ${finish || "unknown"}`];
+  if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`);
+  else if (stream) parts.push(`${out.dataset.chunks} chunks`);
+  parts.push(seconds(started));
+  setStatus(parts.join(" · "));
+}
+
+async function generate(event) {
+  event.preventDefault();
+  const model = models.get($("model").value);
+  if (!model || controller) return;
+  const isText = (model.genforge || {}).modality === "text";
+  controller = new AbortController();
+  $("generate").disabled = true;
+  $("stop-button").disabled = false;
+  $("model").disabled = true;
+  $("results").setAttribute("aria-busy", "true");
+  showError(null);
+  const started = performance.now();
+  const target = isText ? $("output") : $("images");
+  try {
+    await (isText ? generateText : generateImages)(model, controller.signal, started);
+  } catch (err) {
+    if (err.name === "AbortError") {
+      target.dataset.state = "stopped";
+      setStatus(`Stopped after ${seconds(started)}.`);
+    } else {
+      target.dataset.state = "error";
+      showError(err);
+      setStatus("");
+    }
+  } finally {
+    controller = null;
+    $("generate").disabled = false;
+    $("stop-button").disabled = true;
+    $("model").disabled = false;
+    $("results").removeAttribute("aria-busy");
+  }
+}
+
+// ---- wiring ----
+
+document.addEventListener("DOMContentLoaded", () => {
+  const key = $("api-key");
+  key.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  let timer = null;
+  key.addEventListener("input", () => {
+    const value = key.value.trim();
+    if (value) sessionStorage.setItem(KEY_STORAGE, value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+    clearTimeout(timer);
+    timer = setTimeout(loadModels, 300);  // list the models again with the new key
+  });
+  $("model").addEventListener("change", renderModel);
+  $("form").addEventListener("submit", generate);
+  $("stop-button").addEventListener("click", () => controller && controller.abort());
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
+  });
+  loadModels();
+});
