@@ -245,3 +245,14 @@ def test_overload_is_refused_with_429_and_the_server_stays_healthy(models):
         assert c.get("/healthz").status_code == 200
         assert c.post("/v1/completions", json={**slow[1], "max_tokens": 5}, headers=AUTH).status_code == 200
         assert 'genforge_rejected_total{model="txt"}' in c.get("/metrics").text
+
+
+def test_a_request_over_the_timeout_gets_504_and_frees_its_rows(models):
+    with client(models, timeout_s=0.3, max_tokens=20000) as c:
+        r = c.post("/v1/completions", json={"model": "txt", "prompt": "a", "max_tokens": 20000}, headers=AUTH)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        # the abandoned row ended early, so a short request is answered at once rather than after 20,000 tokens
+        ok = c.post("/v1/completions", json={"model": "txt", "prompt": "a", "max_tokens": 2}, headers=AUTH)
+        assert ok.status_code == 200
+        tokens = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("genforge_generated_tokens_total")]
+        assert float(tokens[0].split()[-1]) < 19000
