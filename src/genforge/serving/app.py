@@ -526,14 +526,3 @@ def _watch_sigterm(state: dict) -> None:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (an app run inside a test client): no signals to watch
         pass
-
-
-def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` worker processes: the models and settings come from GENFORGE_SERVE."""
-    from genforge.serving.server import load_models
-
-    from genforge.serving.auth import load_keys
-
-    spec = json.loads(os.environ["GENFORGE_SERVE"])
-    settings = ServeSettings(**{**spec["settings"], "api_keys": load_keys(spec.get("api_key_file"))})
-    return create_app(load_models(spec["models"], spec.get("precision", "auto")), settings)

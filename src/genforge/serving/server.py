@@ -64,4 +64,15 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
                                                "settings": {**asdict(settings), "api_keys": []}})
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="genforge-metrics-")
-    uvicorn.run("genforge.serving.app:app_from_env", factory=True, workers=workers, **common)
+    uvicorn.run("genforge.serving.server:app_from_env", factory=True, workers=workers, **common)
+
+
+def app_from_env():
+    """Factory for `uvicorn --factory` worker processes: the models and settings come from GENFORGE_SERVE."""
+    from genforge.serving.app import ServeSettings, create_app
+
+    from genforge.serving.auth import load_keys
+
+    spec = json.loads(os.environ["GENFORGE_SERVE"])
+    settings = ServeSettings(**{**spec["settings"], "api_keys": load_keys(spec.get("api_key_file"))})
+    return create_app(load_models(spec["models"], spec.get("precision", "auto")), settings)
