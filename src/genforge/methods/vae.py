@@ -43,7 +43,7 @@ class VAEConfig(MethodConfig):
     likelihood: Literal["bernoulli", "logistic"] = Field(
         "bernoulli", description="bernoulli: binarised grey images (NLL in nats, the MNIST literature's protocol); "
                                  "logistic: discretised logistic (mixture) over 8-bit values, grey or colour (bits/dim)")
-    mixtures: int = Field(1, ge=1, le=10, description="logistic components per sub-pixel (logistic only)")
+    mixtures: int = Field(1, ge=1, le=10, description="logistic components per pixel, shared by its channels (logistic only)")
     conditional: bool = Field(False, description="the class label goes to the encoder and the decoder (conditional VAE)")
     beta: float = Field(1.0, ge=0, description="weight of the KL term (1 = the ELBO; >1 = beta-VAE)")
     kl_warmup_steps: int = Field(0, ge=0, description="ramp the KL weight linearly from 0 to beta over this many steps")

@@ -6,12 +6,20 @@ fully connected layer gives the mean and log-variance of q(z | x); the decoder m
 transposed convolutions, the last of which emits the likelihood's parameters per pixel
 (models/likelihoods.py).
 No BatchNorm: the encoder must treat every image alone (a likelihood is per image), and the decoder
-must sample the same in batches of one as of a thousand.
+must sample the same in batches of one as of a thousand. Without normalisation the initialisation has to
+keep the signal alive: PyTorch's default (weights of standard deviation 1/sqrt(3 fan-in)) shrinks it about
+3.5x per SiLU layer, so through the CIFAR encoder's six convolutions and two linear layers the posterior
+mean did not depend on the image at all, nor the decoder's output on z; the KL then collapsed before the
+decoder could learn to use z (a colour VAE stuck at the pixel histogram, ~7.9 bits/dim). Hence
+`_init_weights`: fan-in scaled normal weights with the SiLU gain, zero biases, and a small last layer
+(every pixel starts with about the same broad distribution).
 
 Conditioning ("digit 7"): the one-hot label joins the encoder's flattened features and z.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +35,7 @@ class VAE(nn.Module):
         super().__init__()
         self.latent_dim, self.num_classes, self.channels = latent_dim, num_classes, channels
         self.likelihood, self.mixtures = likelihood, mixtures  # what decode()'s output parameterises
-        out_per_channel = likelihoods.params_per_channel(likelihood, mixtures)
+        out_params = likelihoods.num_params(likelihood, channels, mixtures)
         n = stages_for(image_size)
         self.start = image_size // 2**n
         chans = [width * 2**i for i in range(n)]  # e.g. 32, 64 for 28x28
@@ -47,8 +55,29 @@ class VAE(nn.Module):
             dec += [nn.ConvTranspose2d(chans[i], chans[i - 1], 4, 2, 1), act(), nn.Conv2d(chans[i - 1], chans[i - 1], 3, 1, 1), act()]
         # As in the DCGAN's G, the last upsampling emits the output itself: full-resolution hidden layers
         # would cost more than the rest of the decoder together, for little likelihood.
-        dec.append(nn.ConvTranspose2d(chans[0], channels * out_per_channel, 4, 2, 1))
+        dec.append(nn.ConvTranspose2d(chans[0], out_params, 4, 2, 1))
         self.decoder = nn.Sequential(*dec)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Weights N(0, (gain / sqrt(fan-in))^2), biases 0: the gain of SiLU after every hidden layer, 1 for the
+        first layer (it sees pixels, not activations); the decoder's last layer scaled by 0.1, so that every
+        pixel starts with about the same distribution: Bernoulli p near 1/2, logistic means near 0 with
+        the scale that `likelihoods.initial_bias` sets."""
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+        for m in layers:
+            w = m.weight
+            if isinstance(m, nn.ConvTranspose2d):  # weight (in, out, kh, kw); an output sees in * kh*kw / stride^2
+                fan_in = w.shape[0] * w.shape[2] * w.shape[3] / (m.stride[0] * m.stride[1])
+            else:
+                fan_in = w[0].numel()
+            gain = 1.0 if m is layers[0] else _SILU_GAIN
+            if m is self.decoder[-1]:
+                gain *= 0.1
+            nn.init.normal_(w, 0.0, gain / math.sqrt(fan_in))
+            nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.decoder[-1].bias.copy_(likelihoods.initial_bias(self.likelihood, self.channels, self.mixtures))
 
     def _with_label(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if not self.num_classes:
@@ -64,7 +93,7 @@ class VAE(nn.Module):
         return mu, logvar.clamp(-30, 20)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The likelihood's parameters per pixel, (N, channels * out_per_channel, H, W)."""
+        """The likelihood's parameters per pixel, (N, likelihoods.num_params(...), H, W)."""
         h = self.dec_fc(self._with_label(z, labels))
         return self.decoder(h.view(-1, self.dec_start, self.start, self.start))
 
@@ -106,3 +135,4 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor | None = None, logvar: t
 
 
 _LOG_2PI = float(torch.log(torch.tensor(2 * torch.pi)))
+_SILU_GAIN = 1.676  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps unit variance through a SiLU layer
