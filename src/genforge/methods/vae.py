@@ -50,6 +50,9 @@ class VAEConfig(MethodConfig):
     free_bits: float = Field(0.0, ge=0, description="nats per latent dimension (batch mean) below which the KL is not pushed")
     iw_samples: int = Field(1, ge=1, le=64, description="importance samples per image; > 1 trains the IWAE bound")
     grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this (0: off)")
+    init: Literal["scaled", "torch"] = Field(
+        "scaled", description="scaled: fan-in normal weights with SiLU's gain, small output layer (deep nets such as "
+                              "CIFAR's need it, or z carries nothing); torch: PyTorch's defaults (faster on the shallow MNIST VAE)")
 
 
 def _noise(shape, rng: torch.Generator, device) -> torch.Tensor:
@@ -121,7 +124,7 @@ class VAEMethod(ImageMethod):
             raise UserError(f"The VAE needs square images, got {spec.height}x{spec.width}; set data.image_size.")
         cls._check(cfg, spec)
         return VAE(spec.height, spec.channels, cfg.latent_dim, cfg.width, cfg.hidden,
-                   spec.num_classes if cfg.conditional else 0, cfg.likelihood, cfg.mixtures)
+                   spec.num_classes if cfg.conditional else 0, cfg.likelihood, cfg.mixtures, cfg.init)
 
     def setup(self, train_cfg) -> None:
         net = self.build_exported(self.cfg, self.spec)
