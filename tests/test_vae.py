@@ -248,7 +248,7 @@ def test_cli_reconstruct_interpolate_temperature_and_label(runs, tmp_path):
     assert "resized 1 of 2" in text and "converted 1 of 2" in text
     grid = np.asarray(Image.open(tmp_path / "rec.png"))
     assert grid.shape[1] > 2 * 28  # input and reconstruction side by side
-    res = r.invoke(app, ["sample", str(runs[0]), "--interpolate", "3", str(folder / "b.png"), "--steps", "4",
+    res = r.invoke(app, ["sample", str(runs[0]), "--interpolate", "3", str(folder / "b.png"), "--walk-steps", "4",
                          "--out", str(tmp_path / "walk.png")])
     assert res.exit_code == 0 and "4 images" in " ".join(res.output.split()), res.output
     res = r.invoke(app, ["sample", str(runs[0]), "--temperature", "0.5", "--n", "4", "--out", str(tmp_path / "t.npy")])

@@ -136,17 +136,25 @@ class ImageGenerator(_Generator):
         return int(label)
 
     def options(self) -> dict[str, dict]:
-        """This family's generation options beyond n / seed / labels: {name: {type, default, min, max, help}}."""
-        return {name: {"type": o.type.__name__, "default": o.default, "min": o.min, "max": o.max, "help": o.help}
-                for name, o in self.method.sample_options.items()}
+        """This family's generation options beyond n / seed / labels, with this run's defaults:
+        {name: {type, default, min, max, help[, choices]}}."""
+        return {name: {"type": o.type.__name__, "default": o.default, "min": o.min, "max": o.max, "help": o.help,
+                       **({"choices": list(o.choices)} if o.choices is not None else {})}
+                for name, o in self._known_options().items()}
+
+    def _known_options(self):
+        return self.method.options_for(self.meta.get("model") or {})
 
     def _options(self, options: dict) -> dict:
-        known = self.method.sample_options
+        """The options checked against their ranges, the run's defaults filled in for those not given (so two
+        requests that differ only in spelling a default out render together)."""
+        known = self._known_options()
         unknown = [k for k in options if k not in known]
         if unknown:
             have = f"Its options: {', '.join(known)}." if known else "It takes no options beyond n, seed and labels."
             raise UserError(f"{', '.join(unknown)}: not an option of this {self.meta.get('family')} model. {have}")
-        return {k: known[k].check(k, v) for k, v in options.items() if v is not None}
+        given = {k: known[k].check(k, v) for k, v in options.items() if v is not None}
+        return {k: given.get(k, o.default) for k, o in known.items()}
 
     def _labels(self, labels, n: int) -> torch.Tensor | None:
         """One class index per image: from one label or a list; every class in turn when none is given."""
@@ -165,20 +173,50 @@ class ImageGenerator(_Generator):
         return torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
 
     @torch.no_grad()
-    def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, **options) -> np.ndarray:
+    def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, progress=None,
+                 shard: tuple[int, int] = (0, 1), **options) -> np.ndarray:
         """n images as uint8 (N, H, W, C). `labels`: one label (int or class name) or one per image;
-        `options`: the family's own (`options()`), e.g. temperature for a VAE."""
+        `options`: the family's own (`options()`), e.g. temperature for a VAE, sampler and steps for diffusion;
+        `progress(done, total)` is called after each network call of a multi-step sampler.
+
+        `shard=(i, k)`: only the i-th of k consecutive parts of the n rows. Every part draws all n rows' noise
+        (cheap) and renders its own, so the k parts joined are exactly the images of one process."""
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}.")
         options = self._options(options)
         label_t = self._labels(labels, n)
         rng = self._rng(seed)
-        out = []
+        part, parts = shard
+        lo, hi = n * part // parts, n * (part + 1) // parts  # the rows this part renders
+        out, batches = [], -(-(hi - lo) // batch_size) if hi > lo else 1
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
-            out.append(self._render([self.method.draw(self.net, self.spec, m, lab, rng, **options)], options)[0])
-        return np.concatenate(out)
+            drawn = self.method.draw(self.net, self.spec, m, lab, rng, **options)
+            a, z = max(lo, start), min(hi, start + m)
+            if a >= z:
+                continue
+            drawn = {k: v[a - start : z - start] for k, v in drawn.items()}
+            b = len(out)
+            step = (lambda i, total, b=b: progress(b * total + i, batches * total)) if progress else None
+            out.append(self._render([drawn], options, step)[0])
+        return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.uint8)
+
+    def generate_across_processes(self, n: int, **kwargs) -> np.ndarray | None:
+        """`generate` split over the processes of `accelerate launch` (one each when not launched): each renders
+        its part, the main process gets all n images, identical to one process's for the same seed; the others
+        get None."""
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return self.generate(n, **kwargs)
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState(cpu=self.device.type == "cpu")
+        part = self.generate(n, shard=(state.process_index, state.num_processes), **kwargs)
+        parts = gather_object([part])  # one array per process, in rank order
+        return np.concatenate(parts) if state.is_main_process else None
 
     def job(self, n: int, seed: int | None = None, labels=None, **options) -> ImageJob:
         """A request for n images, checked and with its randomness drawn now: `run` renders many at once."""
@@ -198,10 +236,10 @@ class ImageGenerator(_Generator):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
         return self._render([job.drawn for job in jobs], jobs[0].options)
 
-    def _render(self, draws: list[dict], options: dict) -> list[np.ndarray]:
+    def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
         drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
         with self._autocast(self.dtype):
-            x = self.method.render(self.net, drawn, self.device, **options)
+            x = self.method.render(self.net, drawn, self.device, **options, **({"progress": progress} if progress else {}))
         images = from_model_range(x.float()).cpu().numpy()
         sizes = [len(next(iter(d.values()))) for d in draws]
         return np.split(images, np.cumsum(sizes)[:-1])
@@ -259,7 +297,8 @@ class ImageGenerator(_Generator):
                 ends.append(self.method.latents(self.net, 1, self._rng(int(end)), self.device, **options)[0])
             else:
                 ends.append(torch.as_tensor(self.encode(np.asarray(end)[None], labels))[0].to(self.device))
-        za, zb = ends
+        shape = ends[0].shape  # a vector (GAN, VAE) or an image-shaped noise (diffusion)
+        za, zb = ends[0].flatten(), ends[1].flatten()
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
         if all(isinstance(e, (int, np.integer)) for e in (a, b)):
             omega = torch.arccos(torch.clamp(torch.dot(za / za.norm(), zb / zb.norm()), -1, 1))
@@ -269,6 +308,7 @@ class ImageGenerator(_Generator):
                 z = (torch.sin((1 - t) * omega) * za + torch.sin(t * omega) * zb) / torch.sin(omega)
         else:
             z = (1 - t) * za + t * zb
+        z = z.view(steps, *shape)
         label = self._labels(labels if labels is not None else None, 1)
         lab = label.repeat(steps) if label is not None else None
         return from_model_range(self.method.decode(self.net, z, lab).float()).cpu().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -127,13 +128,18 @@ def sample(
     stop: List[str] = typer.Option([], "--stop", help="Text models: end a text at this string, left out (repeatable)."),
     precision: str = typer.Option("auto", help="auto: time generation in fp32 and bf16 on this machine and use the faster (cached); no: fp32; bf16; fp16."),
     interpolate: Optional[Tuple[str, str]] = typer.Option(None, "--interpolate", metavar="A B", help="Image models with a latent space: a walk from A to B, each a seed (e.g. --interpolate 3 8) or an image file (VAEs: encoded), saved as one row."),
-    steps: int = typer.Option(10, "--steps", help="Images in an --interpolate walk, ends included."),
+    walk_steps: int = typer.Option(10, "--walk-steps", help="Images in an --interpolate walk, ends included."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm (ancestral, T steps), ddim, or dpmpp2m (DPM-Solver++(2M), good at 10-20 steps). Default: the model's."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion models: network calls per image (default: the sampler's, see --sampler)."),
+    eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic (default) .. 1 as noisy as DDPM."),
+    guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ):
     """Generate images or text from a trained run.
 
     Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
-    VAE's prior; --interpolate A B walks between two seeds or two images. Text models: --prompt and the
-    sampling options."""
+    VAE's prior; --sampler, --steps, --eta and --guidance choose how a diffusion model samples;
+    --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options."""
     import numpy as np
 
     from genforge import load
@@ -144,18 +150,25 @@ def sample(
     text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
     if isinstance(model, TextGenerator):
-        misused = [name for name, v in {"--label": label, "--nrow": nrow}.items() if v is not None]
+        misused = [name for name, v in {"--label": label, "--nrow": nrow, "--sampler": sampler, "--steps": steps,
+                                        "--eta": eta, "--guidance": guidance}.items() if v is not None]
         if misused:
             raise UserError(f"{', '.join(misused)} applies to image models; {run_dir} is a text model. "
                             "Use --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --stop.")
         _sample_text(model, n or 1, out_arg, prompt if prompt is not None else "\n", max_new_tokens or 500,
                      0.8 if temperature is None else temperature, top_k, top_p, seed, stop)
         return
-    image_opts = {k: v for k, v in {"temperature": temperature}.items() if k in model.options()}
+    family_opts = {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
+    image_opts = {k: v for k, v in family_opts.items() if k in model.options() and v is not None}
     misused = [name for name, v in text_opts.items() if v is not None and name.lstrip("-").replace("-", "_") not in image_opts]
     if misused:
         raise UserError(f"{', '.join(misused)} applies to text models; {run_dir} is an image model"
                         + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options() else "."))
+    foreign = [f"--{k}" for k, v in family_opts.items() if v is not None and k not in image_opts]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)}: not an option of this {model.meta.get('family')} model"
+                        + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options()
+                           else "; it takes --n, --seed and --label only."))
     if out_arg is None:
         raise UserError("--out is required for an image model: x.png (grid), x.npy (array) or a folder/ (one PNG each).")
     n = 64 if n is None else n
@@ -164,10 +177,14 @@ def sample(
     if not as_dir and out_path.suffix.lower() not in (".png", ".npy"):
         raise UserError(f"--out must end in .png (grid), .npy (array) or / (one PNG per sample); got '{out_path}'.")
     if interpolate:
-        images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=steps, labels=label, **image_opts)
+        images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=walk_steps, labels=label, **image_opts)
         nrow = nrow or len(images)
     else:
-        images = model.generate(n, seed=seed, labels=label, **image_opts)
+        with _sampling_progress(not no_progress and int(os.environ.get("RANK", "0")) == 0, n) as progress:
+            images = model.generate_across_processes(n, seed=seed, labels=label, progress=progress, **image_opts)
+        if images is None:  # another process of `accelerate launch` writes them
+            _leave_distributed()
+            return
     if as_dir:
         out_path.mkdir(parents=True, exist_ok=True)
         for i, img in enumerate(images):
@@ -180,6 +197,32 @@ def sample(
     else:
         save_grid(images, out_path, nrow)
         out.print(f"wrote {out_path} ({len(images)} images)")
+    _leave_distributed()
+
+
+@contextlib.contextmanager
+def _sampling_progress(enabled: bool, n: int):
+    """A bar over the network calls of a multi-step sampler (diffusion); families that sample in one pass never call it."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"[bold]sample[/] {n} images"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                   TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), console=err, transient=True)
+    task = None
+
+    def progress(done: int, total: int):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("sample", total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        bar.stop()
 
 
 def _walk_end(model, end: str):
@@ -374,6 +417,10 @@ def eval_run(
     likelihood_k: int = typer.Option(100, "--k", help="Models with a likelihood (VAEs): importance samples per test image for the NLL estimate (the literature uses 5,000; more is tighter and slower)."),
     likelihood_n: int = typer.Option(1000, "--likelihood-n", help="Models with a likelihood: how many test images the NLL is estimated on (0: the whole test split)."),
     temperature: Optional[float] = typer.Option(None, help="Image models with a temperature option (VAEs): sample at this prior scale (default: the model's 1.0)."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim or dpmpp2m (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion models: network calls per image (default: the sampler's)."),
+    eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic .. 1 ancestral."),
+    guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance scale (0 unconditional, 1 conditional; default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
     """Score a run against real data; writes eval.json.
@@ -390,7 +437,11 @@ def eval_run(
     report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
                           inception_weights=inception_weights, select=select, progress=not no_progress,
                           likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n,
-                          sample_options={"temperature": temperature} if temperature is not None else None)
+                          sample_options={k: v for k, v in {"temperature": temperature, "sampler": sampler, "steps": steps,
+                                                            "eta": eta, "guidance": guidance}.items() if v is not None})
+    if report is None:  # a helper process under `accelerate launch`: rank 0 scores and prints
+        _leave_distributed()
+        return
     out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False)
     table = Table("metric", "value", "better", box=None)
     for name, value in report["metrics"].items():
@@ -403,6 +454,7 @@ def eval_run(
     if counts:
         out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
+    _leave_distributed()
 
 
 @evaluator_app.command("train")

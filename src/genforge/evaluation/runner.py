@@ -163,6 +163,8 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     `likelihood_n` test images (None: all), the ELBO's terms and the reconstruction error.
     `sample_options`: the family's generation options for the samples (e.g. {"temperature": 0.5} for a VAE).
     Text runs: held-out loss etc.; n is the number of Python snippets for python_parse_rate (default 50).
+    Under `accelerate launch` the image samples are split over the processes (the same images as one process
+    makes); the main process scores them and returns the report, the others return None.
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
     """
     from genforge.artifacts import TextGenerator, load
@@ -177,6 +179,8 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     else:
         report = _image_report(model, 10_000 if n is None else n, reference, data_dir, seed, batch_size, k, dev,
                                inception_weights, evaluator_root, progress, sample_options or {})
+        if report is None:  # a helper process of a distributed evaluation
+            return None
         from genforge.evaluation.likelihood import has_likelihood, likelihood_metrics
 
         if has_likelihood(model):
@@ -221,6 +225,10 @@ def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, incep
     _check_reference(reference)
     _check_n(n, k)
     sample_options = model._options(sample_options)  # an unknown option fails before any work
+    labels = [i % len(model.classes) for i in range(n)] if model.conditional else None
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`: only help generate; rank 0 scores
+        model.generate_across_processes(n, seed=seed, labels=labels, batch_size=batch_size, **sample_options)
+        return None
     dataset = model.meta["data"]["dataset"]
     _, train_split = evaluator_domain(dataset)  # fails fast, before any work, for datasets without an evaluator
     inception = None
@@ -229,15 +237,12 @@ def _image_report(model, n, reference, data_dir, seed, batch_size, k, dev, incep
 
         inception = InceptionExtractor(inception_weights, dev)
     evaluator = load_evaluator(dataset, data_dir, root=evaluator_root, device=dev, progress=progress)
-    labels = None
-    if model.conditional:
-        if list(model.classes) != evaluator.classes:
-            raise UserError(f"The model's classes {model.classes[:5]}... differ from the {evaluator.dataset} "
-                            f"evaluator's {evaluator.classes[:5]}...; conditional accuracy would be meaningless.")
-        labels = [i % len(model.classes) for i in range(n)]
+    if model.conditional and list(model.classes) != evaluator.classes:
+        raise UserError(f"The model's classes {model.classes[:5]}... differ from the {evaluator.dataset} "
+                        f"evaluator's {evaluator.classes[:5]}...; conditional accuracy would be meaningless.")
     t1 = time.perf_counter()
     with _status(progress, f"generating {n} samples"):
-        images = model.generate(n, seed=seed, labels=labels, batch_size=batch_size, **sample_options)
+        images = model.generate_across_processes(n, seed=seed, labels=labels, batch_size=batch_size, **sample_options)
     t2 = time.perf_counter()
     result = evaluate_images(images, evaluator, labels=labels, reference=reference, train_split=train_split,
                              seed=seed, k=k, batch_size=batch_size, progress=progress, inception=inception)

@@ -1,12 +1,13 @@
 """Training objectives, one file each, behind the interface in `base.py`."""
 
 from genforge.errors import UserError
+from genforge.methods.diffusion import DiffusionMethod
 from genforge.methods.base import DataSpec, Method, MethodConfig
 from genforge.methods.gan import GANMethod
 from genforge.methods.lm import LMMethod
 from genforge.methods.vae import VAEMethod
 
-METHODS: dict[str, type[Method]] = {m.family: m for m in (GANMethod, VAEMethod, LMMethod)}
+METHODS: dict[str, type[Method]] = {m.family: m for m in (GANMethod, VAEMethod, DiffusionMethod, LMMethod)}
 
 
 def get_method(family: str) -> type[Method]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -50,8 +50,16 @@ class SampleOption:
     min: float | None = None
     max: float | None = None
     help: str = ""
+    choices: tuple | None = None  # the allowed values, for options that name a thing (a sampler)
+
+    def with_default(self, default) -> "SampleOption":
+        return replace(self, default=default)
 
     def check(self, name: str, value):
+        if self.choices is not None:
+            if value not in self.choices:
+                raise UserError(f"{name}={value!r} is not one of: {', '.join(map(str, self.choices))}.")
+            return value
         try:
             value = self.type(value)
         except (TypeError, ValueError):
@@ -90,6 +98,12 @@ class Method(ABC):
     self_evaluates: ClassVar[bool] = False
     #: the options its generation takes beyond the common ones (seed, labels / prompt), with their ranges
     sample_options: ClassVar[dict[str, SampleOption]] = {}
+
+    @classmethod
+    def options_for(cls, model_cfg: dict) -> dict[str, SampleOption]:
+        """The generation options of a run with this model config: `sample_options`, unless the config sets
+        their defaults (a diffusion model's sampler and steps) or leaves some out (guidance without classes)."""
+        return cls.sample_options
 
     #: the optimizer step `training_step` is about to take (0-based); set by the loop before each call, so a
     #: schedule inside the objective (a KL warm-up, n critic steps) resumes exactly without state of its own

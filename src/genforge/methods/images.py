@@ -97,7 +97,8 @@ class ImageMethod(Method):
     @classmethod
     @abstractmethod
     def render(cls, net, drawn: dict[str, torch.Tensor], device, **options) -> torch.Tensor:
-        """Images (float NCHW in [-1, 1]) from `draw`'s rows (possibly several draws concatenated)."""
+        """Images (float NCHW in [-1, 1]) from `draw`'s rows (possibly several draws concatenated). Families
+        that sample in several network calls (diffusion) also take `progress(done, total)` and call it per call."""
 
     @classmethod
     def sample(cls, net, spec, n, labels, rng, device, **options) -> torch.Tensor:

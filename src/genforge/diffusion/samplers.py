@@ -1,0 +1,156 @@
+"""Samplers: noise to images, one network call per step, on any schedule's grid of times.
+
+A sampler is a loop of array arithmetic, x = a * x + b * x0_hat + c * eps_hat + d * noise, with a, b, c, d
+computed in float64 numpy and applied as Python floats. It is written over whatever array the network
+returns (torch tensors or numpy arrays) and the noise of its stochastic steps is passed in, so the same code
+drives the torch path and a torch-free runtime, and the two can be compared number for number.
+
+`model(x, t)` returns the network's prediction split into (x0_hat, eps_hat) by `split_prediction`: the
+samplers never see which parameterisation (eps, v, flow velocity) the network was trained with.
+
+- `ddpm`: ancestral sampling (Ho et al. 2020), x_s drawn from the posterior q(x_s | x_t, x0_hat) with its
+  variance beta_tilde; T steps of a discrete schedule (fewer: the same posterior between strided steps).
+  On a continuous schedule (flow) it is DDIM with eta = 1, the same posterior written for any Gaussian path.
+- `ddim`: Song et al. 2021, N steps; eta = 0 deterministic (for flow matching it is the Euler method),
+  eta = 1 the ancestral posterior.
+- `dpmpp2m`: DPM-Solver++(2M) (Lu et al. 2022), second-order multistep in log-SNR on the data prediction,
+  for 10-20 network calls; the last step (to sigma = 0) is first order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from genforge.diffusion.schedules import Schedule
+
+PREDICTIONS = ("eps", "v", "flow")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+
+
+def training_target(kind: str, x0, eps, alpha, sigma):
+    """What a network of parameterisation `kind` learns to output at x_t = alpha * x0 + sigma * eps."""
+    if kind == "eps":
+        return eps
+    if kind == "v":  # Salimans & Ho 2022 (variance-preserving paths)
+        return alpha * eps - sigma * x0
+    if kind == "flow":  # the velocity dx_t/dt of the straight path alpha = 1 - t, sigma = t
+        return eps - x0
+    raise ValueError(f"unknown prediction {kind!r}: one of {PREDICTIONS}")
+
+
+def split_prediction(kind: str, out, x, alpha: float, sigma: float, clip: bool = True):
+    """(x0_hat, eps_hat) from a network output at x with path coefficients alpha, sigma (Python floats).
+
+    With `clip`, x0_hat is clipped to the data range [-1, 1] and eps_hat recomputed from it, so the two stay
+    consistent with x (x = alpha x0_hat + sigma eps_hat): DDPM's "clip_denoised", which keeps an eps-model's
+    first steps (alpha near 0) from producing values far outside the image range."""
+    if kind == "eps":
+        eps, x0 = out, (x - sigma * out) * (1.0 / alpha)
+    elif kind == "v":
+        x0, eps = alpha * x - sigma * out, sigma * x + alpha * out
+    elif kind == "flow":
+        x0, eps = x - sigma * out, x + alpha * out
+    else:
+        raise ValueError(f"unknown prediction {kind!r}: one of {PREDICTIONS}")
+    if clip:
+        x0 = x0.clip(-1.0, 1.0)
+        if sigma > 0:
+            eps = (x - alpha * x0) * (1.0 / sigma)
+    return x0, eps
+
+
+def is_stochastic(sampler: str, eta: float) -> bool:
+    return sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+
+
+def default_steps(sampler: str, schedule: Schedule) -> int:
+    """DDPM's T; 50 for DDIM; 20 for the multistep solver (their usual settings)."""
+    return {"ddpm": schedule.discrete or 1000, "ddim": 50, "dpmpp2m": 20}[sampler]
+
+
+def sample(model: Callable, x, schedule: Schedule, sampler: str = "dpmpp2m", steps: int | None = None,
+           eta: float = 0.0, noise: Callable | None = None, callback: Callable | None = None):
+    """Run `sampler` from x (pure noise, the start of sampling) down to t = 0 and return the images.
+
+    model(x, t) -> (x0_hat, eps_hat); noise(i) -> a standard normal array shaped like x for step i (needed by
+    stochastic samplers only); callback(i, steps) after each step, for progress bars."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: one of {', '.join(SAMPLERS)}")
+    steps = steps or default_steps(sampler, schedule)
+    if is_stochastic(sampler, eta) and noise is None:
+        raise ValueError(f"sampler {sampler} with eta={eta} draws noise at each step: pass noise=")
+    times = schedule.times(steps)
+    if sampler == "ddpm" and schedule.discrete:
+        return _ddpm(model, x, schedule, times, noise, callback)
+    if sampler == "ddpm":
+        sampler, eta = "ddim", 1.0
+    step = _ddim if sampler == "ddim" else _dpmpp2m
+    return step(model, x, schedule, times, eta, noise, callback)
+
+
+def _ab(schedule: Schedule, t) -> tuple[float, float]:
+    a, s = schedule.alpha_sigma(t)
+    return float(a), float(s)
+
+
+def _ddpm(model, x, schedule, times, noise, callback):
+    k = schedule.index(times)
+    ab = schedule.alphas_cumprod
+    n = len(times) - 1
+    for i in range(n):
+        t, s = k[i], k[i + 1]
+        x0, _ = model(x, times[i])
+        beta = 1 - ab[t] / ab[s]  # beta_t when the steps are consecutive
+        c_x0 = math.sqrt(ab[s]) * beta / (1 - ab[t])
+        c_x = math.sqrt(1 - beta) * (1 - ab[s]) / (1 - ab[t])
+        x = c_x0 * x0 + c_x * x
+        if s > 0:
+            x = x + math.sqrt(beta * (1 - ab[s]) / (1 - ab[t])) * noise(i)
+        if callback:
+            callback(i + 1, n)
+    return x
+
+
+def _ddim(model, x, schedule, times, eta, noise, callback):
+    n = len(times) - 1
+    for i in range(n):
+        a_t, s_t = _ab(schedule, times[i])
+        a_s, s_s = _ab(schedule, times[i + 1])
+        x0, eps = model(x, times[i])
+        if s_s == 0:
+            x = a_s * x0
+        else:
+            # std of the posterior q(x_s | x_t, x0) scaled by eta; (a_t s_s / (a_s s_t))^2 = SNR_t / SNR_s
+            c = eta * s_s * math.sqrt(max(0.0, 1 - (a_t * s_s / (a_s * s_t)) ** 2))
+            x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
+            if c > 0:
+                x = x + c * noise(i)
+        if callback:
+            callback(i + 1, n)
+    return x
+
+
+def _dpmpp2m(model, x, schedule, times, eta, noise, callback):
+    lam = schedule.log_snr(times)
+    n = len(times) - 1
+    x0_prev, h_prev = None, None
+    for i in range(n):
+        a_t, s_t = _ab(schedule, times[i])
+        a_s, s_s = _ab(schedule, times[i + 1])
+        x0, _ = model(x, times[i])
+        if s_s == 0:  # the last step: the data prediction itself (first order)
+            x = a_s * x0
+        else:
+            h = float(lam[i + 1] - lam[i])  # +inf from t = 1 of the flow path, where alpha = 0
+            d = x0
+            if x0_prev is not None and math.isfinite(h_prev):
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if callback:
+            callback(i + 1, n)
+    return x

@@ -1,0 +1,210 @@
+"""Diffusion training objective: denoising under a noise schedule (Ho et al. 2020), three parameterisations.
+
+Per image: a time t, noise eps, x_t = alpha(t) x0 + sigma(t) eps, and the UNet regresses what its
+parameterisation says (`diffusion.training_target`): the noise (eps), v = alpha eps - sigma x0 (Salimans & Ho
+2022), or the velocity eps - x0 of the straight flow-matching path (Liu et al. 2022; Lipman et al. 2022). The
+loss is their mean squared error. A conditional model sees "no class" instead of its label with probability
+`label_dropout`, so one network gives both predictions classifier-free guidance mixes (Ho & Salimans 2022).
+
+Sampling is the samplers' business (`diffusion/samplers.py`): a run trained once is sampled by DDPM, DDIM or
+DPM-Solver++ with any number of steps, chosen at sampling time (`sample_options`). `draw` takes the initial
+noise and one seed per image for the stochastic samplers' per-step noise, so an image depends on its own seed
+alone, whatever shares its batch, and a seed gives the same starting noise under every sampler.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from genforge.diffusion import SAMPLERS, make_schedule, sample as run_sampler, split_prediction, training_target
+from genforge.diffusion.samplers import default_steps, is_stochastic
+from genforge.errors import UserError
+from genforge.methods.base import DataSpec, MethodConfig, SampleOption
+from genforge.methods.images import ImageMethod
+from genforge.models.unet import UNet
+
+
+class DiffusionConfig(MethodConfig):
+    objective: Literal["eps", "v", "flow"] = Field(
+        "eps", description="what the UNet predicts: eps (the noise), v (alpha eps - sigma x0) or flow (the velocity "
+                           "eps - x0 of the straight path x_t = (1 - t) x0 + t eps, rectified flow)")
+    schedule: Literal["linear", "cosine"] = Field("linear", description="noise schedule of eps and v (flow has its own path)")
+    timesteps: int = Field(1000, ge=10, le=10_000, description="T, the discrete steps of eps and v (DDPM samples all of them)")
+    width: int = Field(32, ge=8, description="channels of the first stage (multiplied by `mults` per stage)")
+    mults: list[int] | None = Field(None, description="channel multiplier per stage (default from the image size: "
+                                                        "28 px 1,2,2; 32 px 1,2,2,2; 64 px 1,2,2,4)")
+    res_blocks: int = Field(1, ge=1, le=4, description="residual blocks per stage")
+    attention_below: int = Field(8, ge=0, description="self-attention at feature maps this size or smaller")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    conditional: bool = Field(False, description="class-conditional (with classifier-free guidance)")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as 'no class' (conditional)")
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
+    # defaults for sampling (each can be changed at sampling time)
+    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = Field("dpmpp2m", description="default sampler")
+    steps: int = Field(20, ge=1, description="default network calls per sample (ddpm: T)")
+    guidance: float = Field(1.0, ge=0, description="default guidance scale: 0 unconditional, 1 conditional, > 1 guided")
+
+
+class DiffusionMethod(ImageMethod):
+    family = "diffusion"
+    Config = DiffusionConfig
+    exported = "unet"
+    sample_options = {
+        "sampler": SampleOption(str, "dpmpp2m", help="ddpm (ancestral, T steps), ddim, or dpmpp2m "
+                                                     "(DPM-Solver++(2M), best at 10-20 steps)", choices=SAMPLERS),
+        "steps": SampleOption(int, 0, 0, 10_000, "network calls per image; 0: the model's default for its "
+                                                 "default sampler (model.steps), else ddpm T, ddim 50, dpmpp2m 20"),
+        "eta": SampleOption(float, 0.0, 0.0, 1.0, "ddim only: 0 deterministic, 1 as noisy as DDPM"),
+        "guidance": SampleOption(float, 1.0, 0.0, 20.0, "conditional models: 0 ignores the label, 1 follows it, "
+                                                        "> 1 follows it harder (classifier-free guidance)"),
+    }
+
+    @classmethod
+    def options_for(cls, model_cfg: dict) -> dict[str, SampleOption]:
+        """The sampling options with this run's defaults; guidance only for a conditional model."""
+        cfg = cls.Config.model_validate(model_cfg)
+        opts = dict(cls.sample_options)
+        opts["sampler"] = opts["sampler"].with_default(cfg.sampler)
+        if cfg.conditional:
+            opts["guidance"] = opts["guidance"].with_default(cfg.guidance)
+        else:
+            del opts["guidance"]
+        return opts
+
+    # -- data and networks ------------------------------------------------------------------------------------
+    @classmethod
+    def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator):
+        mcfg = cls.Config.model_validate(cfg.model)
+        data = super().prepare_data(cfg, data_dir, run_dir, resume, accelerator)
+        cls._check(mcfg, data.spec)
+        return data
+
+    @staticmethod
+    def _check(cfg: DiffusionConfig, spec: DataSpec) -> None:
+        if cfg.conditional and not spec.num_classes:
+            raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
+        if spec.height != spec.width:
+            raise UserError(f"The UNet needs square images, got {spec.height}x{spec.width}; set data.image_size.")
+
+    @classmethod
+    def build_exported(cls, cfg: DiffusionConfig, spec: DataSpec) -> UNet:
+        cls._check(cfg, spec)
+        net = UNet(spec.height, spec.channels, cfg.width, tuple(cfg.mults) if cfg.mults else None, cfg.res_blocks,
+                   cfg.attention_below, spec.num_classes if cfg.conditional else 0, cfg.dropout)
+        # what sampling needs besides the weights (plain attributes: the config, not the state dict, holds them)
+        net.objective, net.schedule_kind, net.timesteps = cfg.objective, cfg.schedule, cfg.timesteps
+        net.default_sampler, net.default_steps = cfg.sampler, cfg.steps
+        return net
+
+    def setup(self, train_cfg) -> None:
+        net = self.build_exported(self.cfg, self.spec)
+        self.networks = {"unet": net}
+        self.optimizers = {"unet": torch.optim.Adam(net.parameters(), lr=train_cfg.lr,
+                                                    betas=(train_cfg.beta1, train_cfg.beta2), fused=True)}
+        self.schedule = make_schedule(self.cfg.objective, self.cfg.schedule, self.cfg.timesteps)
+
+    # -- training -------------------------------------------------------------------------------------------
+    def training_step(self, accelerator, micro_batches, rng):
+        net, opt, cfg = self.networks["unet"], self.optimizers["unet"], self.cfg
+        n_mb, losses = len(micro_batches), []
+        for i, (x0, y) in enumerate(micro_batches):
+            x0 = x0.float()
+            x_t, t, eps, a, s = noised(self.schedule, x0, rng)
+            labels = None
+            if cfg.conditional:
+                drop = (torch.rand(len(x0), generator=rng) < cfg.label_dropout).to(x0.device)
+                labels = torch.where(drop, torch.full_like(y, self.spec.num_classes), y)
+            with accelerator.no_sync(net) if i < n_mb - 1 else nullcontext():
+                with accelerator.autocast():
+                    out = net(x_t, t, labels)
+                loss = F.mse_loss(out.float(), training_target(cfg.objective, x0, eps, a, s))
+                accelerator.backward(loss / n_mb)
+            losses.append(loss.detach())
+        if cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": torch.stack(losses).mean()}
+
+    # -- generation -----------------------------------------------------------------------------------------
+    @classmethod
+    def draw(cls, net, spec, n, labels, rng, **options):
+        steps = options.get("steps") or 0
+        if net.objective != "flow" and steps > net.timesteps:  # checked here, when a request is made, not in a batch
+            raise UserError(f"steps={steps} is more than the model's {net.timesteps} training steps (T); use 1..{net.timesteps}.")
+        drawn = {"x": torch.randn((n, net.channels, net.image_size, net.image_size), generator=rng),
+                 "seeds": torch.randint(0, 2**62, (n,), generator=rng)}
+        if net.num_classes:
+            drawn["labels"] = (torch.arange(n) % net.num_classes if labels is None else labels).cpu()
+        return drawn
+
+    @classmethod
+    def render(cls, net, drawn, device, sampler: str = "dpmpp2m", steps: int = 0, eta: float = 0.0,
+               guidance: float = 1.0, progress=None, **_):
+        objective = net.objective
+        schedule = make_schedule(objective, net.schedule_kind, net.timesteps)
+        if not steps:
+            steps = net.default_steps if sampler == net.default_sampler else default_steps(sampler, schedule)
+        if schedule.discrete and steps > schedule.discrete:
+            raise UserError(f"steps={steps} is more than the model's {schedule.discrete} training steps (T); use 1..{schedule.discrete}.")
+        x = drawn["x"].to(device)
+        labels = drawn["labels"].to(device) if "labels" in drawn and net.num_classes else None
+
+        def model(x, t):
+            out = guided_output(net, x, torch.full((len(x),), float(t), device=device), labels, guidance)
+            a, s = schedule.alpha_sigma(t)
+            return split_prediction(objective, out, x, float(a), float(s))
+
+        noise = None
+        if is_stochastic(sampler, eta):
+            gens = [np.random.Generator(np.random.Philox(int(s))) for s in drawn["seeds"]]
+            shape = tuple(x.shape[1:])
+
+            def noise(i):
+                rows = np.stack([g.standard_normal(shape, dtype=np.float32) for g in gens])
+                return torch.from_numpy(rows).to(device)
+
+        return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
+
+    @classmethod
+    def latents(cls, net, n, rng, device, **options) -> torch.Tensor:
+        """The starting noise: a deterministic sampler (DDIM with eta 0, DPM-Solver++) maps it to one image."""
+        return torch.randn((n, net.channels, net.image_size, net.image_size), generator=rng).to(device)
+
+    @classmethod
+    def decode(cls, net, z, labels) -> torch.Tensor:
+        drawn = {"x": z, "seeds": torch.zeros(len(z), dtype=torch.long)}
+        if net.num_classes and labels is not None:
+            drawn["labels"] = labels
+        sampler = net.default_sampler if net.default_sampler != "ddpm" else "ddim"  # deterministic: z -> one image
+        return cls.render(net, drawn, z.device, sampler, 0, 0.0)
+
+
+def noised(schedule, x0: torch.Tensor, rng: torch.Generator):
+    """A training example: times t (N,) from the schedule, noise eps, x_t = alpha x0 + sigma eps; alpha and sigma
+    shaped (N, 1, 1, 1). All randomness from `rng` (CPU), so a step is a function of its seed."""
+    n = len(x0)
+    t = schedule.training_times(torch.rand(n, generator=rng, dtype=torch.float64).numpy())
+    alpha, sigma = schedule.alpha_sigma(t)
+    eps = torch.randn(x0.shape, generator=rng).to(x0.device)
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=x0.device).view(-1, 1, 1, 1)
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x0.device).view(-1, 1, 1, 1)
+    return a * x0 + s * eps, torch.as_tensor(t, dtype=torch.float32, device=x0.device), eps, a, s
+
+
+def guided_output(net, x, t, labels, guidance: float) -> torch.Tensor:
+    """The network's output, classifier-free guided: uncond + guidance * (cond - uncond). guidance 0 is the
+    unconditional prediction, 1 the conditional one (one network call for either), more pushes past it."""
+    if labels is None or guidance == 1.0:
+        return net(x, t, labels).float()
+    null = torch.full_like(labels, net.num_classes)
+    if guidance == 0.0:
+        return net(x, t, null).float()
+    cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+    return uncond + guidance * (cond - uncond)
