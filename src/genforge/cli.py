@@ -203,7 +203,7 @@ def sample(
 @contextlib.contextmanager
 def _sampling_progress(enabled: bool, n: int):
     """A bar over the network calls of a multi-step sampler (diffusion); families that sample in one pass never call it."""
-    if not enabled:
+    if not enabled or not err.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
