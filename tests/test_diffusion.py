@@ -1,7 +1,6 @@
 """The diffusion family: schedules and samplers against exact answers, and the family through the one loop."""
 
 import json
-import math
 
 import numpy as np
 import pytest

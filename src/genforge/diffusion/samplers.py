@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
-
 from genforge.diffusion.schedules import Schedule
 
 PREDICTIONS = ("eps", "v", "flow")

@@ -14,22 +14,24 @@ float64 numpy: no torch here, so the torch path and a torch-free runtime compute
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 
 
-class Schedule:
+class Schedule(ABC):
     """A Gaussian path: `alpha_sigma(t)`; training times from uniform numbers; a sampling grid of times."""
 
     name: str
     discrete: int | None = None  # T for a schedule trained at t = k / T only
 
+    @abstractmethod
     def alpha_sigma(self, t) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(alpha(t), sigma(t)) as float64 arrays."""
 
+    @abstractmethod
     def training_times(self, u: np.ndarray) -> np.ndarray:
         """Times to train at, from uniform numbers u in [0, 1)."""
-        raise NotImplementedError
 
     def times(self, steps: int) -> np.ndarray:
         """`steps` + 1 times from the start of sampling (1) down to 0: one network call per step.

@@ -161,15 +161,7 @@ class DiffusionMethod(ImageMethod):
             a, s = schedule.alpha_sigma(t)
             return split_prediction(objective, out, x, float(a), float(s))
 
-        noise = None
-        if is_stochastic(sampler, eta):
-            gens = [np.random.Generator(np.random.Philox(int(s))) for s in drawn["seeds"]]
-            shape = tuple(x.shape[1:])
-
-            def noise(i):
-                rows = np.stack([g.standard_normal(shape, dtype=np.float32) for g in gens])
-                return torch.from_numpy(rows).to(device)
-
+        noise = _step_noise(drawn["seeds"], tuple(x.shape[1:]), device) if is_stochastic(sampler, eta) else None
         return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
 
     @classmethod
@@ -184,6 +176,17 @@ class DiffusionMethod(ImageMethod):
             drawn["labels"] = labels
         sampler = net.default_sampler if net.default_sampler != "ddpm" else "ddim"  # deterministic: z -> one image
         return cls.render(net, drawn, z.device, sampler, 0, 0.0)
+
+
+def _step_noise(seeds: torch.Tensor, shape: tuple, device):
+    """noise(i) for a stochastic sampler: one standard normal per image per step, from a numpy Philox stream per
+    image seeded by `draw`, so an image's noise does not depend on what shares its batch."""
+    gens = [np.random.Generator(np.random.Philox(int(s))) for s in seeds]
+
+    def noise(i):
+        return torch.from_numpy(np.stack([g.standard_normal(shape, dtype=np.float32) for g in gens])).to(device)
+
+    return noise
 
 
 def noised(schedule, x0: torch.Tensor, rng: torch.Generator):
