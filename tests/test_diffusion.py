@@ -320,3 +320,25 @@ def test_server_lists_and_takes_the_sampler_options(runs):
         for field, value in (("sampler", "euler"), ("steps", 20_000), ("eta", 2.0), ("guidance", -1)):
             bad = c.post("/v1/images/generations", json={"model": "cddpm", field: value})
             assert bad.status_code == 400 and bad.json()["error"]["param"] == field, bad.text
+
+
+def test_server_limits_what_a_request_costs_in_network_calls(runs):
+    from fastapi.testclient import TestClient
+
+    from genforge.serving.app import ServeSettings, create_app
+
+    model = genforge.load(runs[1], precision="no")  # conditional, T = 100
+    assert model.job(3, sampler="ddim", steps=5, guidance=1.0).calls == 15
+    assert model.job(3, sampler="ddim", steps=5, guidance=2.0).calls == 30  # two predictions per step
+    assert model.job(2, sampler="ddim", steps=5, guidance=0.0).calls == 10  # unconditional: one prediction
+    assert genforge.load(runs[0], precision="no").job(2, sampler="ddpm").calls == 200  # ddpm: all T = 100 steps
+    with TestClient(create_app({"cddpm": model}, ServeSettings(max_image_calls=40))) as c:
+        assert c.get("/v1/models").json()["data"][0]["genforge"]["limits"]["max_image_calls"] == 40
+        ok = c.post("/v1/images/generations", json={"model": "cddpm", "n": 4, "sampler": "ddim", "steps": 5})
+        assert ok.status_code == 200, ok.text  # 4 x 5 x 2 (guided by the run's default 2.0) = 40
+        bad = c.post("/v1/images/generations", json={"model": "cddpm", "n": 5, "sampler": "ddim", "steps": 5})
+        err = bad.json()["error"]
+        assert bad.status_code == 400 and err["code"] == "limit" and "at most 4 images" in err["message"], bad.text
+        bad = c.post("/v1/images/generations", json={"model": "cddpm", "n": 1, "sampler": "ddpm"})
+        assert bad.status_code == 400 and "fewer steps" in bad.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200

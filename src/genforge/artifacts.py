@@ -89,6 +89,7 @@ class ImageJob:
     n: int
     options: dict
     drawn: dict[str, torch.Tensor]
+    calls: int = 0  # the network's forward passes these images cost, in images (what a server limits)
 
 
 class ImageGenerator(_Generator):
@@ -224,7 +225,7 @@ class ImageGenerator(_Generator):
             raise UserError(f"n must be at least 1, got {n}.")
         options = self._options(options)
         drawn = self.method.draw(self.net, self.spec, n, self._labels(labels, n), self._rng(seed), **options)
-        return ImageJob(n, options, drawn)
+        return ImageJob(n, options, drawn, self.method.network_calls(self.net, n, **options))
 
     @torch.no_grad()
     def run(self, jobs: list[ImageJob]) -> list[np.ndarray]:

@@ -497,6 +497,9 @@ def serve(
     timeout: float = typer.Option(120.0, min=1, help="Seconds a request may take, queue included (then 504)."),
     max_tokens: int = typer.Option(1024, min=1, help="Largest max_tokens a completion may ask for."),
     max_images: int = typer.Option(64, min=1, help="Most images per request (also capped by --max-batch)."),
+    max_image_calls: int = typer.Option(4096, min=1, help="Most network calls an image request may cost: n x the "
+                                                          "sampler's steps (x2 when guided) for diffusion, n for "
+                                                          "one-pass models."),
     workers: int = typer.Option(1, min=1, help="Processes on this port, each with its own copy of the models "
                                                "(replicas are stateless: any balancer can front several machines)."),
     precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
@@ -519,7 +522,7 @@ def serve(
         err.print(f"[yellow]warning:[/] serving on {host} without API keys: anyone who can reach this port can "
                   "use the models. Set --api-key-file.", highlight=False)
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
-                             max_tokens=max_tokens, max_images=max_images)
+                             max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls)
     run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,
                api_key_file=str(api_key_file) if api_key_file else None, log_level=log_level)
 

@@ -149,10 +149,7 @@ class DiffusionMethod(ImageMethod):
                guidance: float = 1.0, progress=None, **_):
         objective = net.objective
         schedule = make_schedule(objective, net.schedule_kind, net.timesteps)
-        if not steps:
-            steps = net.default_steps if sampler == net.default_sampler else default_steps(sampler, schedule)
-        if schedule.discrete and steps > schedule.discrete:
-            raise UserError(f"steps={steps} is more than the model's {schedule.discrete} training steps (T); use 1..{schedule.discrete}.")
+        steps = _steps(net, schedule, sampler, steps)
         x = drawn["x"].to(device)
         labels = drawn["labels"].to(device) if "labels" in drawn and net.num_classes else None
 
@@ -163,6 +160,14 @@ class DiffusionMethod(ImageMethod):
 
         noise = _step_noise(drawn["seeds"], tuple(x.shape[1:]), device) if is_stochastic(sampler, eta) else None
         return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
+
+    @classmethod
+    def network_calls(cls, net, n: int, labels=None, sampler: str = "dpmpp2m", steps: int = 0,
+                      guidance: float = 1.0, **_) -> int:
+        """n x the sampler's steps, twice that when guidance mixes two predictions per step."""
+        steps = _steps(net, make_schedule(net.objective, net.schedule_kind, net.timesteps), sampler, steps)
+        guided = bool(net.num_classes) and guidance not in (0.0, 1.0)
+        return n * steps * (2 if guided else 1)
 
     @classmethod
     def latents(cls, net, n, rng, device, **options) -> torch.Tensor:
@@ -176,6 +181,15 @@ class DiffusionMethod(ImageMethod):
             drawn["labels"] = labels
         sampler = net.default_sampler if net.default_sampler != "ddpm" else "ddim"  # deterministic: z -> one image
         return cls.render(net, drawn, z.device, sampler, 0, 0.0)
+
+
+def _steps(net, schedule, sampler: str, steps: int) -> int:
+    """Network calls per image: `steps`, or when 0 the run's default for its own sampler, else the sampler's."""
+    if not steps:
+        steps = net.default_steps if sampler == net.default_sampler else default_steps(sampler, schedule)
+    if schedule.discrete and steps > schedule.discrete:
+        raise UserError(f"steps={steps} is more than the model's {schedule.discrete} training steps (T); use 1..{schedule.discrete}.")
+    return steps
 
 
 def _step_noise(seeds: torch.Tensor, shape: tuple, device):

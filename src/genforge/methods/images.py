@@ -101,6 +101,12 @@ class ImageMethod(Method):
         that sample in several network calls (diffusion) also take `progress(done, total)` and call it per call."""
 
     @classmethod
+    def network_calls(cls, net, n: int, labels=None, **options) -> int:
+        """Forward passes of one image's worth of rows that n images cost under `options` (what a server
+        limits per request): one each here; multi-step samplers cost more."""
+        return n
+
+    @classmethod
     def sample(cls, net, spec, n, labels, rng, device, **options) -> torch.Tensor:
         """n samples as float NCHW in [-1, 1] from the exported network; `options` are `sample_options`."""
         return cls.render(net, cls.draw(net, spec, n, labels, rng, **options), device, **options)

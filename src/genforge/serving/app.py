@@ -48,6 +48,9 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     max_n: int = 16  # choices per prompt
     max_images: int = 64
+    # network forward passes one image request may cost, counted in images (n x sampler steps, x2 when guided):
+    # a one-pass GAN or VAE is far inside it; it stops a 1,000-step DDPM batch from holding the model for minutes
+    max_image_calls: int = 4096
     max_tokens: int = 1024
     max_prompt_tokens: int = 4096
     max_stop: int = 4
@@ -156,7 +159,8 @@ def _model_entry(name: str, gen, s: ServeSettings, created: int) -> p.Model:
         h, w, c = gen.image_shape
         info = p.ModelInfo(modality="image", family=meta.get("family", "?"), classes=list(gen.classes),
                            conditional=gen.conditional, image_size=f"{w}x{h}", channels=c, options=gen.options(),
-                           limits=p.ModelLimits(max_n=min(s.max_images, s.max_batch), max_rows=s.max_batch))
+                           limits=p.ModelLimits(max_n=min(s.max_images, s.max_batch), max_rows=s.max_batch,
+                                                max_image_calls=s.max_image_calls))
     else:
         info = p.ModelInfo(modality="text", family=meta.get("family", "?"),
                            limits=p.ModelLimits(max_n=min(s.max_n, s.max_batch), max_rows=s.max_batch,
@@ -438,6 +442,12 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
         except UserError as e:
             param = next((k for k in options if k in str(e)), "label" if label is not None else None)
             raise ApiError(400, str(e), param=param) from None
+        if job.calls > s.max_image_calls:
+            per_image = job.calls // job.n
+            raise ApiError(400, f"n x steps: {job.n} images at {per_image} network calls each cost {job.calls}, over "
+                           f"this server's {s.max_image_calls} per request. Fix: ask for at most "
+                           f"{max(1, s.max_image_calls // per_image)} images, or fewer steps (e.g. sampler dpmpp2m "
+                           "with 10-20 steps).", param="n", code="limit")
         pending = Pending(jobs=[job], rows=req.n, key=("image", tuple(sorted(job.options.items()))))
         deadline = asyncio.get_running_loop().time() + s.timeout_s
         submit(req.model, pending)

@@ -28,6 +28,8 @@ class ModelLimits(BaseModel):
     max_rows: int
     max_tokens: int | None = None
     max_prompt_tokens: int | None = None
+    max_image_calls: int | None = Field(None, description="Image models: the most network calls a request may "
+                                        "cost (n x sampler steps, x2 when guided; one per image for one-pass models).")
 
 
 class ModelInfo(BaseModel):
