@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
+from genforge.labels import label_index, label_indices
 from genforge.files import atomic_write_text, save_tensors
 from genforge.methods import DataSpec, get_method
 
@@ -125,23 +126,12 @@ class ImageGenerator(_Generator):
 
     def label_index(self, label: int | str) -> int:
         """A class index from an int or a class name ("7", "Sneaker")."""
-        if isinstance(label, str):
-            if label in self.classes:
-                return self.classes.index(label)
-            if label.lstrip("-").isdigit():
-                label = int(label)
-            else:
-                raise UserError(f"Unknown label '{label}'. This model's classes: {', '.join(self.classes)}.")
-        if not 0 <= int(label) < len(self.classes):
-            raise UserError(f"Label {label} is out of range: this model has {len(self.classes)} classes (0..{len(self.classes) - 1}).")
-        return int(label)
+        return label_index(self.classes, label)
 
     def options(self) -> dict[str, dict]:
         """This family's generation options beyond n / seed / labels, with this run's defaults:
         {name: {type, default, min, max, help[, choices]}}."""
-        return {name: {"type": o.type.__name__, "default": o.default, "min": o.min, "max": o.max, "help": o.help,
-                       **({"choices": list(o.choices)} if o.choices is not None else {})}
-                for name, o in self._known_options().items()}
+        return {name: o.describe() for name, o in self._known_options().items()}
 
     def _known_options(self):
         return self.method.options_for(self.meta.get("model") or {})
@@ -161,14 +151,7 @@ class ImageGenerator(_Generator):
         """One class index per image: from one label or a list; every class in turn when none is given."""
         if labels is None:
             return torch.arange(n) % self.spec.num_classes if self.conditional else None
-        if not self.conditional:
-            raise UserError("This model is not class-conditional: drop --label / labels.")
-        if isinstance(labels, (int, str, np.integer)):
-            labels = [labels] * n
-        labels = [self.label_index(lab) for lab in labels]
-        if len(labels) != n:
-            raise UserError(f"Got {len(labels)} labels for {n} images: give one label, or one per image.")
-        return torch.tensor(labels, dtype=torch.long)
+        return torch.tensor(label_indices(self.classes, self.conditional, labels, n), dtype=torch.long)
 
     def _rng(self, seed: int | None) -> torch.Generator:
         return torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))

@@ -113,7 +113,8 @@ def train(
 @app.command()
 @user_errors
 def sample(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`, or an export directory "
+                                             "written by `genforge export` (sampled without torch, on onnxruntime)."),
     n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64) or texts (default 1)."),
     out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Text: a file to write instead of printing."),
     label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image models only."),
@@ -139,17 +140,29 @@ def sample(
 
     Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
     VAE's prior; --sampler, --steps, --eta and --guidance choose how a diffusion model samples;
-    --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options."""
+    --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options.
+    An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported."""
     import numpy as np
 
-    from genforge import load
-    from genforge.artifacts import TextGenerator
+    from genforge.runtime.images import is_export
     from genforge.visual import save_grid, to_pil
 
-    model = load(run_dir, select=select, precision=precision)
+    exported = is_export(run_dir)
+    if exported:
+        from genforge.runtime import load as load_export
+
+        misused = [name for name, v in {"--select": select, "--interpolate": interpolate}.items() if v]
+        if misused or precision != "auto":
+            raise UserError(f"{', '.join(misused) or '--precision'} applies to run directories; {run_dir} is an "
+                            "export (fp32 on onnxruntime, its weights chosen at export time).")
+        model = load_export(run_dir)
+    else:
+        from genforge import load
+
+        model = load(run_dir, select=select, precision=precision)
     text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
-    if isinstance(model, TextGenerator):
+    if model.modality == "text":
         misused = [name for name, v in {"--label": label, "--nrow": nrow, "--sampler": sampler, "--steps": steps,
                                         "--eta": eta, "--guidance": guidance}.items() if v is not None]
         if misused:
@@ -181,7 +194,8 @@ def sample(
         nrow = nrow or len(images)
     else:
         with _sampling_progress(not no_progress and int(os.environ.get("RANK", "0")) == 0, n) as progress:
-            images = model.generate_across_processes(n, seed=seed, labels=label, progress=progress, **image_opts)
+            generate = model.generate if exported else model.generate_across_processes
+            images = generate(n, seed=seed, labels=label, progress=progress, **image_opts)
         if images is None:  # another process of `accelerate launch` writes them
             _leave_distributed()
             return
@@ -198,6 +212,29 @@ def sample(
         save_grid(images, out_path, nrow)
         out.print(f"wrote {out_path} ({len(images)} images)")
     _leave_distributed()
+
+
+@app.command("export")
+@user_errors
+def export_run(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train` (an image model: gan, vae, diffusion)."),
+    out_dir: Path = typer.Option(..., "--out", help="The export directory to write: one .onnx file per graph and export.json."),
+    opset: int = typer.Option(18, help="ONNX opset of the graphs."),
+    select: Optional[str] = typer.Option(None, help="best or last weights (default: best when the run kept one)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it exists and is not empty."),
+) -> None:
+    """Export a trained model to ONNX for the torch-free runtime (`genforge sample EXPORT_DIR`, genforge.runtime).
+
+    The graphs hold the network only (GAN generator; VAE decoder and encoder; diffusion UNet), with a dynamic
+    batch dimension; sampling (noise, labels, the diffusion sampler loop) runs in the runtime, in numpy.
+    export.json holds the family, image shape, classes, sampling options with the run's defaults, provenance
+    and each file's SHA-256. Needs the export extra: pip install 'genforge[export]'."""
+    from genforge.export import export
+
+    path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite)
+    config = json.loads((path / "export.json").read_text())
+    sizes = ", ".join(f"{g['file']} ({(path / g['file']).stat().st_size / 1e6:.1f} MB)" for g in config["graphs"].values())
+    out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: {sizes}")
 
 
 @contextlib.contextmanager

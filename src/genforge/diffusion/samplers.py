@@ -25,7 +25,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
+
 from genforge.diffusion.schedules import Schedule
+from genforge.errors import UserError
 
 PREDICTIONS = ("eps", "v", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "unipc")
@@ -72,6 +75,23 @@ def default_steps(sampler: str, schedule: Schedule) -> int:
     return {"ddpm": schedule.discrete or 1000, "ddim": 50, "dpmpp2m": 20, "unipc": 20}[sampler]
 
 
+def resolve_steps(sampler: str, steps: int, schedule: Schedule, model_sampler: str, model_steps: int) -> int:
+    """Network calls per image: `steps`, or when 0 the model's default steps for its own default sampler, else
+    the sampler's usual number; more than a discrete schedule's T is an error."""
+    if not steps:
+        steps = model_steps if sampler == model_sampler else default_steps(sampler, schedule)
+    if schedule.discrete and steps > schedule.discrete:
+        raise UserError(f"steps={steps} is more than the model's {schedule.discrete} training steps (T); use 1..{schedule.discrete}.")
+    return steps
+
+
+def step_noise(seeds, shape: tuple) -> Callable:
+    """noise(i) for a stochastic sampler: one float32 standard normal array `shape` per image per step, from a
+    numpy Philox stream per image seed, so an image's noise does not depend on what shares its batch."""
+    gens = [np.random.Generator(np.random.Philox(int(s))) for s in seeds]
+    return lambda i: np.stack([g.standard_normal(shape, dtype=np.float32) for g in gens])
+
+
 def sample(model: Callable, x, schedule: Schedule, sampler: str = "dpmpp2m", steps: int | None = None,
            eta: float = 0.0, noise: Callable | None = None, callback: Callable | None = None):
     """Run `sampler` from x (pure noise, the start of sampling) down to t = 0 and return the images.
@@ -99,7 +119,7 @@ def _ab(schedule: Schedule, t) -> tuple[float, float]:
 
 def _ddpm(model, x, schedule, times, noise, callback):
     k = schedule.index(times)
-    ab = schedule.alphas_cumprod
+    ab = [float(a) for a in schedule.alphas_cumprod]  # Python floats: numpy scalars would promote float32 to 64
     n = len(times) - 1
     for i in range(n):
         t, s = k[i], k[i + 1]

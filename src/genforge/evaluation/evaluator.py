@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from genforge import precision as prec
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, resolve_data_dir, to_model_range
 from genforge.data.registry import EMBEDDED_MNIST_MINI, parse_name
 from genforge.errors import UserError
+from genforge.files import sha256_file
 
 VERSION = "v1"
 ROOT_ENV = "GENFORGE_EVALUATORS"
@@ -391,19 +391,11 @@ def _optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=recipe.max_lr, weight_decay=recipe.weight_decay)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _open(directory: Path, dataset: str, data_dir: Path, device: torch.device) -> Evaluator:
     fix = f"Fix: delete {directory} and run `genforge evaluator train {dataset}`."
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
-        if _sha256(directory / WEIGHTS_FILE) != config["weights_sha256"]:
+        if sha256_file(directory / WEIGHTS_FILE) != config["weights_sha256"]:
             raise ValueError("model.safetensors does not match the hash in config.json")
         net = _build(config)
         net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
@@ -517,7 +509,7 @@ def train_evaluator(dataset: str, data_dir: str | Path | None = None, *, root: s
                      "steps": total, "epochs_done": round(total * recipe.batch_size / n, 3), "train_images": n,
                      "precision": "bf16" if bf16 else "fp32", "device": str(dev), "seconds": round(seconds, 1),
                      "torch": torch.__version__},
-        "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
+        "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
     }
     evaluator = Evaluator(domain, tmp, {**config, "test_accuracy": 0.0},
                           _FusedEvaluator(net).to(memory_format=torch.channels_last).requires_grad_(False), dev, data_dir)

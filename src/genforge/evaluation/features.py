@@ -14,13 +14,13 @@ one torchmetrics uses), built from a weights file the user supplies, as genforge
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from genforge.errors import UserError
+from genforge.files import sha256_file
 from genforge.evaluation.evaluator import Evaluator, progress_bar, to_input
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -67,11 +67,7 @@ class InceptionExtractor:
         if not isinstance(state, dict) or "fc.weight" not in state or tuple(state["fc.weight"].shape) != (1008, 2048):
             raise UserError(f"{path} does not hold the FID Inception-v3 weights. Fix: use {INCEPTION_FILE} "
                             f"from {INCEPTION_URL}.")
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        self.weights_sha256 = h.hexdigest()
+        self.weights_sha256 = sha256_file(path)
         self.id = f"inception-v3-{self.weights_sha256[:8]}"
         self.device = device
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

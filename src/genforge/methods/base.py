@@ -11,10 +11,8 @@ language models have theirs in `methods/lm.py`.
 
 from __future__ import annotations
 
-import math
-
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from genforge.errors import UserError
+from genforge.options import SampleOption  # noqa: F401  (re-exported: families declare their options with it)
 
 
 class MethodConfig(BaseModel):
@@ -40,35 +39,14 @@ class DataSpec:
     label_counts: tuple[int, ...] = ()  # images per label, when the method trains on pseudo-labels (clusters)
 
 
-@dataclass(frozen=True)
-class SampleOption:
-    """One option of a family's generation (`generate(..., name=value)`), described for the CLI, the server
-    and the playground, which list and check options without knowing the family."""
+@dataclass
+class OnnxGraph:
+    """One graph of an export: a module, example inputs by name (dimension 0 of each is the batch, exported as
+    dynamic) and the names of its outputs."""
 
-    type: type
-    default: object
-    min: float | None = None
-    max: float | None = None
-    help: str = ""
-    choices: tuple | None = None  # the allowed values, for options that name a thing (a sampler)
-
-    def with_default(self, default) -> "SampleOption":
-        return replace(self, default=default)
-
-    def check(self, name: str, value):
-        if self.choices is not None:
-            if value not in self.choices:
-                raise UserError(f"{name}={value!r} is not one of: {', '.join(map(str, self.choices))}.")
-            return value
-        try:
-            value = self.type(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{name} must be a {self.type.__name__}, got {value!r}.") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{name} must be a finite number, got {value}.")
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            raise UserError(f"{name}={value} is out of range: use {self.min}..{self.max}.")
-        return value
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
 
 
 class TrainingData(Protocol):
@@ -150,6 +128,18 @@ class Method(ABC):
     def write_samples(cls, net: nn.Module, data: TrainingData, path: Path, seed: int, accelerator) -> Path:
         """Write samples from `net` to `path` plus the method's suffix (.png grid, .txt text); same seed, same samples."""
         ...
+
+    # -- export (genforge export; the torch-free runtime in genforge/runtime reads what these describe) ----------
+    @classmethod
+    def onnx_graphs(cls, net: nn.Module) -> dict[str, OnnxGraph]:
+        """The exported network as ONNX graphs by name; the sampling loop stays outside them (in the runtime)."""
+        raise UserError(f"{cls.family} models cannot be exported yet: `genforge export` covers the image families "
+                        "(gan, vae, diffusion); use `genforge serve` or `genforge.load` for this one.")
+
+    @classmethod
+    def runtime_config(cls, net: nn.Module) -> dict:
+        """What the runtime needs besides the graphs to sample as `render` does (sizes, schedule, ...)."""
+        return {}
 
     @classmethod
     def validation_score(cls, net: nn.Module, data: TrainingData, accelerator) -> dict[str, float]:

@@ -17,15 +17,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from genforge.diffusion import SAMPLERS, make_schedule, sample as run_sampler, split_prediction, training_target
-from genforge.diffusion.samplers import default_steps, is_stochastic
+from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
 from genforge.errors import UserError
-from genforge.methods.base import DataSpec, MethodConfig, SampleOption
+from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph, SampleOption
 from genforge.methods.images import ImageMethod
 from genforge.models.unet import UNet
 
@@ -162,6 +161,22 @@ class DiffusionMethod(ImageMethod):
         return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
 
     @classmethod
+    def onnx_graphs(cls, net):
+        """The UNet alone (x, t[, labels] -> its output); the sampler loop runs outside it, in the runtime, with
+        the same `diffusion/samplers.py` as here."""
+        inputs = {"x": torch.zeros(2, net.channels, net.image_size, net.image_size), "t": torch.full((2,), 0.5)}
+        if net.num_classes:
+            inputs["labels"] = torch.zeros(2, dtype=torch.long)
+            return {"unet": OnnxGraph(net, inputs, ["out"])}
+        return {"unet": OnnxGraph(_Unconditional(net), inputs, ["out"])}
+
+    @classmethod
+    def runtime_config(cls, net):
+        return {"objective": net.objective, "schedule": net.schedule_kind, "timesteps": net.timesteps,
+                "default_sampler": net.default_sampler, "default_steps": net.default_steps,
+                "num_classes": net.num_classes}
+
+    @classmethod
     def network_calls(cls, net, n: int, labels=None, sampler: str = "dpmpp2m", steps: int = 0,
                       guidance: float = 1.0, **_) -> int:
         """n x the sampler's steps, twice that when guidance mixes two predictions per step."""
@@ -183,24 +198,23 @@ class DiffusionMethod(ImageMethod):
         return cls.render(net, drawn, z.device, sampler, 0, 0.0)
 
 
+class _Unconditional(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        return self.net(x, t, None)
+
+
 def _steps(net, schedule, sampler: str, steps: int) -> int:
-    """Network calls per image: `steps`, or when 0 the run's default for its own sampler, else the sampler's."""
-    if not steps:
-        steps = net.default_steps if sampler == net.default_sampler else default_steps(sampler, schedule)
-    if schedule.discrete and steps > schedule.discrete:
-        raise UserError(f"steps={steps} is more than the model's {schedule.discrete} training steps (T); use 1..{schedule.discrete}.")
-    return steps
+    return resolve_steps(sampler, steps, schedule, net.default_sampler, net.default_steps)
 
 
 def _step_noise(seeds: torch.Tensor, shape: tuple, device):
-    """noise(i) for a stochastic sampler: one standard normal per image per step, from a numpy Philox stream per
-    image seeded by `draw`, so an image's noise does not depend on what shares its batch."""
-    gens = [np.random.Generator(np.random.Philox(int(s))) for s in seeds]
-
-    def noise(i):
-        return torch.from_numpy(np.stack([g.standard_normal(shape, dtype=np.float32) for g in gens])).to(device)
-
-    return noise
+    """`diffusion.step_noise` (numpy, per image seed, shared with the runtime) as torch tensors on `device`."""
+    noise = step_noise(seeds.tolist(), shape)
+    return lambda i: torch.from_numpy(noise(i)).to(device)
 
 
 def noised(schedule, x0: torch.Tensor, rng: torch.Generator):

@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.files import save_tensors
-from genforge.methods.base import DataSpec, MethodConfig
+from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph
 from genforge.methods.diffaugment import diff_augment, parse_policy
 from genforge.methods.gan_losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from genforge.methods.images import ImageData, ImageMethod
@@ -347,6 +347,19 @@ class GANMethod(ImageMethod):
     def render(cls, net, drawn, device, **options):
         z = drawn["z"].to(device)
         return net(z, drawn["labels"].to(device)) if net.num_classes else net(z)
+
+    @classmethod
+    def onnx_graphs(cls, net):
+        inputs = {"z": torch.zeros(2, net.z_dim + getattr(net, "codes", 0))}
+        if net.num_classes:
+            inputs["labels"] = torch.zeros(2, dtype=torch.long)
+        return {"generator": OnnxGraph(net, inputs, ["images"])}
+
+    @classmethod
+    def runtime_config(cls, net):
+        prior = net.label_prior
+        return {"z_dim": net.z_dim, "codes": getattr(net, "codes", 0), "num_classes": net.num_classes,
+                "label_prior": prior.float().cpu().tolist() if prior is not None else None}
 
     @classmethod
     def latents(cls, net, n, rng, device, **options):

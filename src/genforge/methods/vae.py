@@ -29,7 +29,7 @@ from pydantic import Field
 
 from genforge.data import load_image_dataset, to_model_range
 from genforge.errors import UserError
-from genforge.methods.base import DataSpec, MethodConfig, SampleOption
+from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph, SampleOption
 from genforge.methods.images import ImageData, ImageMethod
 from genforge.models.vae import VAE, gaussian_kl, gaussian_log_prob
 
@@ -191,6 +191,19 @@ class VAEMethod(ImageMethod):
         return net.encode(x, _labels_for(net, labels, x.device))[0]
 
     @classmethod
+    def onnx_graphs(cls, net):
+        """The decoder (z -> the likelihood's mean image, what `decode` renders) and the encoder (images -> the
+        posterior mean, for reconstructions)."""
+        labels = {"labels": torch.zeros(2, dtype=torch.long)} if net.num_classes else {}
+        images = torch.zeros(2, net.channels, net.image_size, net.image_size)
+        return {"decoder": OnnxGraph(_Decoder(net), {"z": torch.zeros(2, net.latent_dim), **labels}, ["images"]),
+                "encoder": OnnxGraph(_Encoder(net), {"images": images, **labels}, ["z"])}
+
+    @classmethod
+    def runtime_config(cls, net):
+        return {"latent_dim": net.latent_dim, "num_classes": net.num_classes}
+
+    @classmethod
     def draw(cls, net, spec, n, labels, rng, temperature: float = 1.0):
         drawn = {"z": cls.latents(net, n, rng, "cpu", temperature)}
         if net.num_classes:
@@ -244,6 +257,24 @@ def _unwrap(net):
     while hasattr(net, "module") or hasattr(net, "_orig_mod"):
         net = getattr(net, "module", None) or net._orig_mod
     return net
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z, labels=None):
+        return self.net.mean(self.net.decode(z, labels))
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images, labels=None):
+        return self.net.encode(images, labels)[0]
 
 
 def _labels_for(net, labels, device):

@@ -35,7 +35,7 @@ class VAE(nn.Module):
     def __init__(self, image_size: int, channels: int, latent_dim: int = 32, width: int = 32, hidden: int = 512,
                  num_classes: int = 0, likelihood: str = "bernoulli", mixtures: int = 1, init: str = "scaled"):
         super().__init__()
-        self.latent_dim, self.num_classes, self.channels = latent_dim, num_classes, channels
+        self.latent_dim, self.num_classes, self.channels, self.image_size = latent_dim, num_classes, channels, image_size
         self.likelihood, self.mixtures = likelihood, mixtures  # what decode()'s output parameterises
         out_params = likelihoods.num_params(likelihood, channels, mixtures)
         n = stages_for(image_size)

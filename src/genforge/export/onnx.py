@@ -1,0 +1,96 @@
+"""A run directory -> an export directory: one .onnx file per graph the family declares
+(`Method.onnx_graphs`), and export.json with everything else the runtime needs (family, image shape, classes,
+the sampling options with the run's defaults, `Method.runtime_config`, provenance, each file's SHA-256).
+Nothing is pickled; the graphs take every random input (noise, seeds' draws) from outside, so the runtime owns
+sampling and parity with PyTorch can be checked on the same inputs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from genforge.errors import UserError
+
+EXPORT_FILE = "export.json"
+FORMAT_VERSION = 1
+DEFAULT_OPSET = 18
+
+
+def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, select: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Export a trained run to `out_dir` (written to a temporary sibling first, then renamed into place, so a
+    failed export never leaves a half-written directory). Returns `out_dir`."""
+    try:
+        import onnx  # noqa: F401  (the exporter's own dependencies, checked before any work)
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"`genforge export` needs the export extra ({e.name} is missing). Fix: pip install "
+                        "'genforge[export]'.") from None
+    import torch
+
+    from genforge import __version__, load
+    from genforge.files import sha256_file
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and other chatter
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{out_dir} exists and is not empty. Fix: choose another --out or pass --overwrite.")
+    if not 7 <= opset <= 23:
+        raise UserError(f"opset must be within 7..23 (onnxruntime's range), got {opset}.")
+    from genforge.artifacts import read_config
+    from genforge.methods import get_method
+
+    method = get_method(read_config(run_dir).get("family", "?"))
+    if method.modality != "image":
+        method.onnx_graphs(None)  # raises the family's "cannot be exported yet" before any weights are read
+    model = load(run_dir, "cpu", select=select, precision="no")
+    graphs = model.method.onnx_graphs(model.net)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = {}
+        for name, graph in graphs.items():
+            path = tmp / f"{name}.onnx"
+            batch = torch.export.Dim("batch", min=1, max=65_536)
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+                torch.onnx.export(graph.module.eval(), tuple(graph.inputs.values()), str(path),
+                                  input_names=list(graph.inputs), output_names=graph.outputs,
+                                  dynamic_shapes={k: {0: batch} for k in graph.inputs}, opset_version=opset,
+                                  dynamo=True, external_data=False, verbose=False)
+            files[name] = {"file": path.name, "sha256": sha256_file(path), "inputs": list(graph.inputs),
+                           "outputs": graph.outputs}
+        h, w, c = model.image_shape
+        config = {
+            "format_version": FORMAT_VERSION,
+            "modality": "image",
+            "family": model.meta.get("family"),
+            "name": model.meta.get("name"),
+            "image": {"height": h, "width": w, "channels": c},
+            "classes": list(model.classes),
+            "conditional": bool(model.conditional),
+            "options": model.options(),
+            "family_config": model.method.runtime_config(model.net),
+            "graphs": files,
+            "opset": opset,
+            "provenance": {"source_run": str(run_dir.resolve()), "weights_file": model.weights_file,
+                           "weights_sha256": sha256_file(run_dir / model.weights_file), "step": model.meta.get("step"),
+                           "dataset": model.meta.get("data", {}).get("dataset"), "genforge": __version__,
+                           "torch": torch.__version__,
+                           "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        }
+        (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

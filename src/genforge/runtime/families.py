@@ -1,0 +1,115 @@
+"""Each image family's sampling in numpy around its ONNX graphs: the runtime's side of `Method.draw` and
+`Method.render`. `draw` takes all randomness from a numpy Generator; `render` is deterministic given what
+was drawn (diffusion's stochastic samplers draw their step noise from per-image seeds, as the torch path
+does). The same seed gives the same images here on every machine, though not the same images as the torch
+path, whose generator differs; given the same drawn inputs, the outputs match it (the parity tests)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from genforge.diffusion import make_schedule, sample, split_prediction
+from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
+
+Graph = Callable[..., np.ndarray]  # graph(**inputs) -> the graph's first output
+
+
+class Family:
+    """Draws a batch's random inputs and renders them (float NCHW in [-1, 1]) with the export's graphs."""
+
+    def __init__(self, config: dict, graphs: dict[str, Graph]):
+        self.config, self.graphs = config, graphs
+        self.num_classes = int(config.get("num_classes") or 0)
+
+    def _labels(self, labels, n, rng) -> dict:
+        if not self.num_classes:
+            return {}
+        return {"labels": (np.arange(n) % self.num_classes if labels is None else np.asarray(labels)).astype(np.int64)}
+
+    def draw(self, n: int, labels, rng: np.random.Generator, **options) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
+        raise NotImplementedError
+
+    def network_calls(self, n: int, **options) -> int:
+        return n
+
+
+class GAN(Family):
+    def _labels(self, labels, n, rng):
+        prior = self.config.get("label_prior")
+        if self.num_classes and labels is None and prior is not None:  # self-conditioned: clusters as in training
+            p = np.asarray(prior, dtype=np.float64)
+            return {"labels": rng.choice(self.num_classes, size=n, p=p / p.sum()).astype(np.int64)}
+        return super()._labels(labels, n, rng)
+
+    def draw(self, n, labels, rng, **options):
+        z = rng.standard_normal((n, self.config["z_dim"]), dtype=np.float32)
+        codes = int(self.config.get("codes") or 0)
+        if codes:  # InfoGAN: a one-hot categorical code after the Gaussian part
+            z = np.concatenate([z, np.eye(codes, dtype=np.float32)[rng.integers(codes, size=n)]], axis=1)
+        return {"z": z, **self._labels(labels, n, rng)}
+
+    def render(self, drawn, progress=None, **options):
+        return self.graphs["generator"](**drawn)
+
+
+class VAE(Family):
+    def draw(self, n, labels, rng, temperature: float = 1.0, **options):
+        z = rng.standard_normal((n, self.config["latent_dim"]), dtype=np.float32) * np.float32(temperature)
+        return {"z": z, **self._labels(labels, n, rng)}
+
+    def render(self, drawn, progress=None, **options):
+        return self.graphs["decoder"](**drawn)
+
+
+class Diffusion(Family):
+    def __init__(self, config, graphs):
+        super().__init__(config, graphs)
+        self.schedule = make_schedule(config["objective"], config["schedule"], config["timesteps"])
+
+    def _steps(self, sampler: str, steps: int) -> int:
+        return resolve_steps(sampler, steps, self.schedule, self.config["default_sampler"], self.config["default_steps"])
+
+    def draw(self, n, labels, rng, sampler: str = "dpmpp2m", steps: int = 0, **options):
+        self._steps(sampler, steps)  # a bad request fails when it is made, not in a batch
+        shape = (n, *self.config["shape"])
+        return {"x": rng.standard_normal(shape, dtype=np.float32),
+                "seeds": rng.integers(0, 2**62, size=n, dtype=np.int64), **self._labels(labels, n, rng)}
+
+    def network_calls(self, n, sampler: str = "dpmpp2m", steps: int = 0, guidance: float = 1.0, **options):
+        guided = bool(self.num_classes) and guidance not in (0.0, 1.0)
+        return n * self._steps(sampler, steps) * (2 if guided else 1)
+
+    def render(self, drawn, progress=None, sampler: str = "dpmpp2m", steps: int = 0, eta: float = 0.0,
+               guidance: float = 1.0, **options):
+        unet, objective, schedule = self.graphs["unet"], self.config["objective"], self.schedule
+        steps = self._steps(sampler, steps)
+        x, labels = drawn["x"], drawn.get("labels")
+
+        def output(x, t):
+            x, tt = x.astype(np.float32, copy=False), np.full(len(x), t, dtype=np.float32)
+            if labels is None:
+                return unet(x=x, t=tt)
+            if guidance == 1.0:
+                return unet(x=x, t=tt, labels=labels)
+            null = np.full_like(labels, self.num_classes)
+            if guidance == 0.0:
+                return unet(x=x, t=tt, labels=null)
+            both = unet(x=np.concatenate([x, x]), t=np.concatenate([tt, tt]), labels=np.concatenate([labels, null]))
+            cond, uncond = both[: len(x)], both[len(x):]
+            return uncond + np.float32(guidance) * (cond - uncond)
+
+        def model(x, t):
+            a, s = schedule.alpha_sigma(t)
+            return split_prediction(objective, output(x, t), x, float(a), float(s))
+
+        noise = step_noise(drawn["seeds"], tuple(x.shape[1:])) if is_stochastic(sampler, eta) else None
+        out = sample(model, x.astype(np.float32), schedule, sampler, steps, eta, noise, progress)
+        return np.asarray(out, dtype=np.float32)
+
+
+FAMILIES: dict[str, type[Family]] = {"gan": GAN, "vae": VAE, "diffusion": Diffusion}

@@ -1,0 +1,189 @@
+"""`genforge export` and the torch-free runtime: parity with PyTorch on the same drawn inputs, the export
+directory's checks, the CLI, and a fresh environment without torch that generates from an export."""
+
+import json
+import os
+import subprocess
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import genforge
+from genforge.cli import app
+from genforge.errors import UserError
+from genforge.export import export
+from genforge.runtime import load as load_export
+from genforge.training import train, validate
+from tiny import tiny_config, tiny_lm_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(family, model, max_steps=3):
+    cfg = tiny_config(max_steps=max_steps).model_dump()
+    cfg["family"] = family
+    cfg["model"] = model
+    cfg["train"].update(lr=2e-3, beta1=0.9, sample_every=1000, checkpoint_every=1000)
+    return validate(cfg)
+
+
+CASES = {
+    "cgan": ("gan", {"z_dim": 8, "g_width": 8, "d_width": 8, "conditional": True}),
+    "infogan": ("gan", {"z_dim": 8, "g_width": 8, "d_width": 8, "latent_codes": 4}),
+    "self-conditioned-gan": ("gan", {"z_dim": 8, "g_width": 8, "d_width": 8, "clusters": 3}),
+    "cvae": ("vae", {"latent_dim": 4, "width": 8, "hidden": 32, "conditional": True}),
+    "cddpm-flow": ("diffusion", {"width": 8, "timesteps": 100, "steps": 4, "conditional": True, "objective": "flow",
+                                 "guidance": 2.0}),
+    "ddpm-eps": ("diffusion", {"width": 8, "timesteps": 50, "steps": 4}),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each case trained a few steps (so that weights are not at their initial values) and exported."""
+    base = tmp_path_factory.mktemp("export")
+    out = {}
+    for name, (family, model) in CASES.items():
+        run = train(_config(family, model), base / name, progress=False).run_dir
+        out[name] = (run, export(run, base / f"{name}-export"))
+    return out
+
+
+def _float_outputs(model, ex, drawn_torch, options):
+    """The torch path's and the runtime's float images (NCHW, [-1, 1]) for the same drawn inputs."""
+    with torch.no_grad():
+        ref = model.method.render(model.net, drawn_torch, "cpu", **options).float().numpy()
+    got = ex.family.render({k: v.numpy() for k, v in drawn_torch.items()}, **options)
+    return ref, got
+
+
+@pytest.mark.parametrize("case,options", [
+    ("cgan", {}), ("infogan", {}), ("self-conditioned-gan", {}), ("cvae", {"temperature": 0.7}),
+    ("cddpm-flow", {"guidance": 3.0}), ("cddpm-flow", {"sampler": "unipc", "steps": 5, "guidance": 0.0}),
+    ("ddpm-eps", {"sampler": "ddpm"}), ("ddpm-eps", {"sampler": "ddim", "steps": 6, "eta": 1.0}),
+])
+@pytest.mark.parametrize("n", [1, 5])
+def test_exported_outputs_match_pytorch_on_the_same_inputs(exported, case, options, n):
+    run, out = exported[case]
+    model, ex = genforge.load(run, precision="no"), load_export(out)
+    job = model.job(n, seed=11, **options)
+    ref, got = _float_outputs(model, ex, job.drawn, job.options)
+    assert got.shape == ref.shape == (n, *np.roll(model.image_shape, 1))
+    assert np.abs(got - ref).max() < 1e-4, np.abs(got - ref).max()
+    a, b = model.run([job])[0], ex.render({k: v.numpy() for k, v in job.drawn.items()}, **job.options)
+    assert a.dtype == b.dtype == np.uint8 and np.mean(a != b) < 1e-3  # a rounding boundary may flip a pixel
+
+
+def test_vae_encoder_is_exported_and_matches(exported):
+    run, out = exported["cvae"]
+    model, ex = genforge.load(run, precision="no"), load_export(out)
+    images = torch.rand(3, 1, 28, 28) * 2 - 1
+    labels = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        ref = model.method.encode(model.net, images, labels).numpy()
+    got = ex.family.graphs["encoder"](images=images.numpy(), labels=labels.numpy())
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_runtime_generate_is_seeded_checked_and_batched(exported):
+    ex = load_export(exported["cddpm-flow"][1])
+    assert ex.options()["guidance"]["default"] == 2.0 and "unipc" in ex.options()["sampler"]["choices"]
+    a, b = ex.generate(5, seed=3, labels="7"), ex.generate(5, seed=3, labels="7")
+    assert a.shape == (5, 28, 28, 1) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert np.array_equal(ex.generate(5, seed=3, labels="7", batch_size=2), a)  # batches do not change images
+    assert not np.array_equal(ex.generate(5, seed=4, labels="7"), a)
+    assert ex.network_calls(4, steps=5) == 40  # guided by the run's default 2.0: two predictions per step
+    with pytest.raises(UserError, match="sampler"):
+        ex.generate(2, sampler="euler")
+    with pytest.raises(UserError, match="steps"):
+        load_export(exported["ddpm-eps"][1]).generate(2, sampler="ddim", steps=60)  # more than its T = 50
+    with pytest.raises(UserError, match="Unknown label"):
+        ex.generate(2, labels="cat")
+    with pytest.raises(UserError, match="temperature"):
+        ex.generate(2, temperature=0.5)
+    gan = load_export(exported["infogan"][1])
+    with pytest.raises(UserError, match="not class-conditional"):
+        gan.generate(2, labels=1)
+    meta = json.loads((exported["cvae"][1] / "export.json").read_text())
+    assert meta["family"] == "vae" and set(meta["graphs"]) == {"decoder", "encoder"}
+    assert meta["provenance"]["weights_sha256"] and meta["provenance"]["step"] == 3
+
+
+def test_damaged_exports_fail_clearly(exported, tmp_path):
+    import shutil
+
+    src = exported["cgan"][1]
+    for damage, message in (("missing", "missing"), ("corrupt", "damaged"), ("config", "damaged"),
+                            ("version", "format"), ("none", "not a genforge export")):
+        d = tmp_path / damage
+        shutil.copytree(src, d)
+        if damage == "missing":
+            (d / "generator.onnx").unlink()
+        elif damage == "corrupt":
+            data = bytearray((d / "generator.onnx").read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            (d / "generator.onnx").write_bytes(bytes(data))
+        elif damage == "config":
+            (d / "export.json").write_text('{"format_version": 1, "fam')
+        elif damage == "version":
+            cfg = json.loads((d / "export.json").read_text())
+            (d / "export.json").write_text(json.dumps({**cfg, "format_version": 99}))
+        else:
+            (d / "export.json").unlink()
+        with pytest.raises(UserError, match=message):
+            load_export(d)
+
+
+def test_export_refuses_what_it_cannot_do(exported, tmp_path):
+    lm = train(tiny_lm_config(max_steps=2), tmp_path / "lm", progress=False).run_dir
+    with pytest.raises(UserError, match="lm models cannot be exported yet"):
+        export(lm, tmp_path / "lm-export")
+    assert not (tmp_path / "lm-export").exists()
+    with pytest.raises(UserError, match="not empty"):
+        export(exported["cgan"][0], exported["cgan"][1])  # never overwrites an export unasked
+
+
+def test_cli_exports_and_samples_an_export(exported, tmp_path):
+    run = exported["cddpm-flow"][0]
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert "unet.onnx" in r.output
+    r = CliRunner().invoke(app, ["sample", str(tmp_path / "e"), "--n", "4", "--label", "2", "--steps", "3",
+                                 "--sampler", "unipc", "--seed", "1", "--out", str(tmp_path / "g.npy")])
+    assert r.exit_code == 0, r.output
+    got = np.load(tmp_path / "g.npy")
+    assert np.array_equal(got, load_export(tmp_path / "e").generate(4, seed=1, labels="2", steps=3, sampler="unipc"))
+    r = CliRunner().invoke(app, ["sample", str(tmp_path / "e"), "--select", "best", "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "export" in r.output
+
+
+def test_a_fresh_environment_without_torch_generates_from_an_export(exported, tmp_path):
+    """The runtime's claim, tested: genforge installed without its torch dependencies, plus numpy, Pillow,
+    onnxruntime and the CLI's typer and rich only, samples every exported family from Python and the CLI."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "typer", "rich"], check=True, timeout=600)
+    subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=600)
+    exports = {name: str(out) for name, (_, out) in exported.items()}
+    script = f"""
+import importlib.util, json, sys
+assert importlib.util.find_spec("torch") is None, "torch is installed in the fresh environment"
+import genforge.runtime as rt
+for name, path in json.loads({json.dumps(json.dumps(exports))}).items():
+    images = rt.load(path).generate(3, seed=0)
+    assert images.shape == (3, 28, 28, 1) and images.dtype.name == "uint8", (name, images.shape)
+print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelerate")))
+"""
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok []", r.stdout + r.stderr
+    r = subprocess.run([str(env_dir / "bin" / "genforge"), "sample", exports["cddpm-flow"], "--n", "4", "--label", "5",
+                        "--out", str(tmp_path / "grid.png")], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=clean_env)
+    assert r.returncode == 0 and (tmp_path / "grid.png").exists(), r.stdout + r.stderr
