@@ -234,7 +234,8 @@ def export_run(
     path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite)
     config = json.loads((path / "export.json").read_text())
     sizes = ", ".join(f"{g['file']} ({(path / g['file']).stat().st_size / 1e6:.1f} MB)" for g in config["graphs"].values())
-    out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: {sizes}")
+    out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: {sizes}",
+              soft_wrap=True)
 
 
 @contextlib.contextmanager
