@@ -138,6 +138,26 @@ def test_damaged_exports_fail_clearly(exported, tmp_path):
             load_export(d)
 
 
+def test_ort_format_in_one_file(exported, tmp_path):
+    """--format ort into a .zip: one file, onnxruntime's mobile format, the same outputs as the .onnx export."""
+    from genforge.runtime import is_export
+
+    run, out = exported["cvae"]
+    single = export(run, tmp_path / "cvae.zip", fmt="ort")
+    assert single.is_file() and is_export(single) and not is_export(tmp_path)
+    a, b = load_export(out), load_export(single)
+    assert {g["file"] for g in b.config["graphs"].values()} == {"decoder.ort", "encoder.ort"}
+    drawn = a.draw(4, seed=2, labels=[0, 1, 2, 3], temperature=1.0)
+    np.testing.assert_allclose(b.family.render(drawn), a.family.render(drawn), atol=1e-5)
+    data = bytearray(single.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged"):
+        load_export(tmp_path / "bad.zip")
+    with pytest.raises(UserError, match="format must be"):
+        export(run, tmp_path / "x", fmt="tflite")
+
+
 def test_export_refuses_what_it_cannot_do(exported, tmp_path):
     lm = train(tiny_lm_config(max_steps=2), tmp_path / "lm", progress=False).run_dir
     with pytest.raises(UserError, match="lm models cannot be exported yet"):

@@ -218,7 +218,9 @@ def sample(
 @user_errors
 def export_run(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train` (an image model: gan, vae, diffusion)."),
-    out_dir: Path = typer.Option(..., "--out", help="The export directory to write: one .onnx file per graph and export.json."),
+    out_dir: Path = typer.Option(..., "--out", help="The export directory to write (one graph file per network and "
+                                                    "export.json), or a path ending in .zip to write all of it as one file."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, or ort: onnxruntime's format for its mobile and minimal builds."),
     opset: int = typer.Option(18, help="ONNX opset of the graphs."),
     select: Optional[str] = typer.Option(None, help="best or last weights (default: best when the run kept one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it exists and is not empty."),
@@ -230,12 +232,14 @@ def export_run(
     export.json holds the family, image shape, classes, sampling options with the run's defaults, provenance
     and each file's SHA-256. Needs the export extra: pip install 'genforge[export]'."""
     from genforge.export import export
+    from genforge.runtime import load as load_export
 
-    path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite)
-    config = json.loads((path / "export.json").read_text())
-    sizes = ", ".join(f"{g['file']} ({(path / g['file']).stat().st_size / 1e6:.1f} MB)" for g in config["graphs"].values())
-    out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: {sizes}",
-              soft_wrap=True)
+    path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite, fmt=fmt)
+    config = load_export(path).config  # and proves that onnxruntime loads what was written
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
+    graphs = ", ".join(g["file"] for g in config["graphs"].values())
+    out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: "
+              f"{graphs}; {size / 1e6:.1f} MB in all", soft_wrap=True)
 
 
 @contextlib.contextmanager

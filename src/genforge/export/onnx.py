@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 from genforge.errors import UserError
@@ -22,10 +23,19 @@ FORMAT_VERSION = 1
 DEFAULT_OPSET = 18
 
 
+FORMATS = ("onnx", "ort")
+
+
 def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, select: str | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, fmt: str = "onnx") -> Path:
     """Export a trained run to `out_dir` (written to a temporary sibling first, then renamed into place, so a
-    failed export never leaves a half-written directory). Returns `out_dir`."""
+    failed export never leaves a half-written directory). Returns `out_dir`.
+
+    fmt "ort": the graphs in onnxruntime's ORT format (its mobile/minimal builds load only that), optimised at
+    the portable "basic" level. An `out_dir` ending in .zip is written as one file (stored, not compressed):
+    the runtime opens it as it is, so an app ships one file."""
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}; got '{fmt}'.")
     try:
         import onnx  # noqa: F401  (the exporter's own dependencies, checked before any work)
         import onnxscript  # noqa: F401
@@ -40,8 +50,10 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and other chatter
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} exists and is not empty. Fix: choose another --out or pass --overwrite.")
+    single_file = out_dir.suffix.lower() == ".zip"
+    if out_dir.exists() and (single_file or out_dir.is_file() or any(out_dir.iterdir())) and not overwrite:
+        raise UserError(f"{out_dir} exists{'' if single_file else ' and is not empty'}. Fix: choose another --out "
+                        "or pass --overwrite.")
     if not 7 <= opset <= 23:
         raise UserError(f"opset must be within 7..23 (onnxruntime's range), got {opset}.")
     from genforge.artifacts import read_config
@@ -65,8 +77,10 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                                   input_names=list(graph.inputs), output_names=graph.outputs,
                                   dynamic_shapes={k: {0: batch} for k in graph.inputs}, opset_version=opset,
                                   dynamo=True, external_data=False, verbose=False)
-            files[name] = {"file": path.name, "sha256": sha256_file(path), "inputs": list(graph.inputs),
-                           "outputs": graph.outputs}
+            if fmt == "ort":
+                path = _to_ort(path)
+            files[name] = {"file": path.name, "format": fmt, "sha256": sha256_file(path),
+                           "inputs": list(graph.inputs), "outputs": graph.outputs}
         h, w, c = model.image_shape
         config = {
             "format_version": FORMAT_VERSION,
@@ -87,10 +101,33 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        if single_file:
+            part = tmp / "bundle.zip"
+            with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as z:
+                for f in sorted(tmp.iterdir()):
+                    if f != part:
+                        z.write(f, f.name)
+            os.replace(part, out_dir)
+            shutil.rmtree(tmp)
+        else:
+            if out_dir.exists():
+                shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _to_ort(path: Path) -> Path:
+    """path.onnx -> path.ort (the .onnx removed), through onnxruntime's own serialiser."""
+    import onnxruntime as ort
+
+    out = path.with_suffix(".ort")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # portable across CPUs
+    so.optimized_model_filepath = str(out)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    path.unlink()
+    return out
