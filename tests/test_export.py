@@ -158,6 +158,25 @@ def test_ort_format_in_one_file(exported, tmp_path):
         export(run, tmp_path / "x", fmt="tflite")
 
 
+@pytest.mark.parametrize("case", ["cgan", "cddpm-flow"])
+def test_int8_export_quantizes_what_sampling_runs_and_stays_close(exported, case, tmp_path):
+    import onnx
+
+    run, out = exported[case]
+    q = export(run, tmp_path / "int8", int8=True, calibration_n=16)
+    cfg = json.loads((q / "export.json").read_text())
+    graph = next(iter(cfg["graphs"]))
+    assert cfg["int8"] == [graph] and "QDQ" in cfg["graphs"][graph]["int8"]["method"]
+    ops = {node.op_type for node in onnx.load(str(q / cfg["graphs"][graph]["file"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    a, b = load_export(out), load_export(q)
+    opts = a._options({"steps": 4} if "steps" in a.options() else {})
+    drawn = a.draw(8, seed=5, **opts)
+    fp32, int8 = a.family.render(drawn, **opts), b.family.render(drawn, **opts)
+    assert not np.array_equal(fp32, int8)  # quantized for real
+    assert np.abs(fp32 - int8).mean() < 0.05 * max(np.abs(fp32).mean(), 1e-3) + 0.02, np.abs(fp32 - int8).mean()
+
+
 def test_export_refuses_what_it_cannot_do(exported, tmp_path):
     lm = train(tiny_lm_config(max_steps=2), tmp_path / "lm", progress=False).run_dir
     with pytest.raises(UserError, match="lm models cannot be exported yet"):

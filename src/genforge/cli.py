@@ -222,6 +222,10 @@ def export_run(
                                                     "export.json), or a path ending in .zip to write all of it as one file."),
     fmt: str = typer.Option("onnx", "--format", help="onnx, or ort: onnxruntime's format for its mobile and minimal builds."),
     opset: int = typer.Option(18, help="ONNX opset of the graphs."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (QDQ) of the graphs sampling runs, "
+                                                    "calibrated on the inputs they get while the export samples. "
+                                                    "Measure before you ship it: benchmarks/RESULTS.md has what it "
+                                                    "cost and saved here."),
     select: Optional[str] = typer.Option(None, help="best or last weights (default: best when the run kept one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it exists and is not empty."),
 ) -> None:
@@ -234,12 +238,13 @@ def export_run(
     from genforge.export import export
     from genforge.runtime import load as load_export
 
-    path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite, fmt=fmt)
+    path = export(run_dir, out_dir, opset=opset, select=select, overwrite=overwrite, fmt=fmt, int8=int8)
     config = load_export(path).config  # and proves that onnxruntime loads what was written
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
     graphs = ", ".join(g["file"] for g in config["graphs"].values())
     out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: "
-              f"{graphs}; {size / 1e6:.1f} MB in all", soft_wrap=True)
+              f"{graphs}{' (int8: ' + ', '.join(config['int8']) + ')' if config.get('int8') else ''}; "
+              f"{size / 1e6:.1f} MB in all", soft_wrap=True)
 
 
 @contextlib.contextmanager

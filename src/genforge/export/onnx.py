@@ -27,13 +27,14 @@ FORMATS = ("onnx", "ort")
 
 
 def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET, select: str | None = None,
-           overwrite: bool = False, fmt: str = "onnx") -> Path:
+           overwrite: bool = False, fmt: str = "onnx", int8: bool = False, calibration_n: int = 64) -> Path:
     """Export a trained run to `out_dir` (written to a temporary sibling first, then renamed into place, so a
     failed export never leaves a half-written directory). Returns `out_dir`.
 
     fmt "ort": the graphs in onnxruntime's ORT format (its mobile/minimal builds load only that), optimised at
     the portable "basic" level. An `out_dir` ending in .zip is written as one file (stored, not compressed):
-    the runtime opens it as it is, so an app ships one file."""
+    the runtime opens it as it is, so an app ships one file. `int8`: static int8 quantization of the graphs that
+    sampling runs (see `_quantize`); whether it pays is a measurement (benchmarks/export_speed.py), not a given."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}; got '{fmt}'.")
     try:
@@ -77,9 +78,7 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                                   input_names=list(graph.inputs), output_names=graph.outputs,
                                   dynamic_shapes={k: {0: batch} for k in graph.inputs}, opset_version=opset,
                                   dynamo=True, external_data=False, verbose=False)
-            if fmt == "ort":
-                path = _to_ort(path)
-            files[name] = {"file": path.name, "format": fmt, "sha256": sha256_file(path),
+            files[name] = {"file": path.name, "format": "onnx", "sha256": sha256_file(path),
                            "inputs": list(graph.inputs), "outputs": graph.outputs}
         h, w, c = model.image_shape
         config = {
@@ -101,6 +100,13 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if int8:
+            _quantize(tmp, config, calibration_n)
+        for entry in files.values():
+            if fmt == "ort":
+                path = _to_ort(tmp / entry["file"])
+                entry.update(file=path.name, format="ort", sha256=sha256_file(path))
+        (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if single_file:
             part = tmp / "bundle.zip"
             with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as z:
@@ -117,6 +123,47 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _quantize(tmp: Path, config: dict, n: int) -> None:
+    """Static int8 (QDQ: quantize/dequantize pairs around each quantized op, per-channel int8 weights, MinMax
+    ranges) of every graph that sampling uses, calibrated on the inputs those graphs receive while the fp32
+    export draws `n` samples with its default options (the diffusion UNet sees every step of its sampler).
+    Graphs sampling never calls (a VAE's encoder) stay fp32; export.json records which were quantized."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    from genforge.files import sha256_file
+    from genforge.runtime import load as load_export
+
+    model = load_export(tmp)
+    seen: dict[str, list[dict]] = {}
+    for name, run in list(model.family.graphs.items()):
+        def recording(run=run, name=name, **inputs):
+            seen.setdefault(name, []).append({k: v.copy() for k, v in inputs.items()})
+            return run(**inputs)
+        model.family.graphs[name] = recording
+    model.generate(n, seed=0, batch_size=max(1, n // 4))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, batches):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    for name, batches in seen.items():
+        entry = config["graphs"][name]
+        src, pre = tmp / entry["file"], tmp / f"{name}.pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(src), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                        op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"],
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        pre.unlink()
+        entry.update(sha256=sha256_file(src), int8={
+            "method": "static QDQ of Conv, ConvTranspose, MatMul and Gemm: per-channel int8 weights, int8 "
+                      "activations, MinMax ranges",
+            "calibration": f"{len(batches)} batches of the inputs this graph gets while {n} samples are drawn"})
+    config["int8"] = sorted(seen)
 
 
 def _to_ort(path: Path) -> Path:
