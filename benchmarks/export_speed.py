@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import util
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

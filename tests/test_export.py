@@ -177,6 +177,32 @@ def test_int8_export_quantizes_what_sampling_runs_and_stays_close(exported, case
     assert np.abs(fp32 - int8).mean() < 0.05 * max(np.abs(fp32).mean(), 1e-3) + 0.02, np.abs(fp32 - int8).mean()
 
 
+def test_the_server_serves_an_export(exported):
+    """`genforge serve` takes an export as it takes a run: same routes, options and limits, on onnxruntime."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from genforge.serving.app import ServeSettings, create_app
+    from genforge.serving.server import load_models
+
+    models = load_models({"cddpm": str(exported["cddpm-flow"][1])})
+    ex = models["cddpm"]
+    with TestClient(create_app(models, ServeSettings(max_image_calls=40))) as c:
+        info = c.get("/v1/models").json()["data"][0]["genforge"]
+        assert info["family"] == "diffusion" and info["options"]["guidance"]["default"] == 2.0
+        body = {"model": "cddpm", "n": 2, "seed": 5, "label": "4", "sampler": "ddim", "steps": 3, "guidance": 3.0}
+        r = c.post("/v1/images/generations", json=body)
+        assert r.status_code == 200, r.text
+        got = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"])))) for d in r.json()["data"]]
+        want = ex.generate(2, seed=5, labels="4", sampler="ddim", steps=3, guidance=3.0)
+        assert all(np.array_equal(a, b[..., 0]) for a, b in zip(got, want))
+        bad = c.post("/v1/images/generations", json={"model": "cddpm", "n": 8, "steps": 5})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "limit"
+
+
 def test_export_refuses_what_it_cannot_do(exported, tmp_path):
     lm = train(tiny_lm_config(max_steps=2), tmp_path / "lm", progress=False).run_dir
     with pytest.raises(UserError, match="lm models cannot be exported yet"):

@@ -530,7 +530,8 @@ def evaluator_train(
 @user_errors
 def serve(
     runs: List[str] = typer.Argument(..., help="Run directories to serve, each RUN_DIR or NAME=RUN_DIR (the name "
-                                               "clients pass as `model`; default: the directory's name)."),
+                                               "clients pass as `model`; default: the directory's name); an export "
+                                               "(`genforge export`) is served on onnxruntime."),
     host: str = typer.Option("127.0.0.1", help="Address to bind. The default answers this machine only; use "
                                                 "0.0.0.0 to serve others, and then set API keys."),
     port: int = typer.Option(8000, help="Port to listen on."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,16 @@ def load(path: str | Path, threads: int | None = None) -> "ExportedImageModel":
     return ExportedImageModel(path, config, sessions)
 
 
+@dataclass
+class ImageJob:
+    """One request's images: n, the checked options, its drawn inputs and what it costs in network calls."""
+
+    n: int
+    options: dict
+    drawn: dict[str, np.ndarray]
+    calls: int = 0
+
+
 def _copy_options(opts):
     import onnxruntime as ort
 
@@ -142,6 +153,22 @@ class ExportedImageModel:
 
     def network_calls(self, n: int, **options) -> int:
         return self.family.network_calls(n, **self._options(options))
+
+    def job(self, n: int, seed: int | None = None, labels=None, **options) -> ImageJob:
+        """A request for n images, checked and drawn now; `run` renders many at once (what a server batches)."""
+        options = self._options(options)
+        drawn = self.draw(n, seed, labels, **options)
+        return ImageJob(n, options, drawn, self.family.network_calls(n, **options))
+
+    def run(self, jobs: list[ImageJob]) -> list[np.ndarray]:
+        """Render jobs with equal options in one pass: each job gets the images it would get alone."""
+        if not jobs:
+            return []
+        if any(job.options != jobs[0].options for job in jobs):
+            raise UserError("Jobs rendered together must have the same options; render the others separately.")
+        drawn = {k: np.concatenate([job.drawn[k] for job in jobs]) for k in jobs[0].drawn}
+        images = self.render(drawn, **jobs[0].options)
+        return np.split(images, np.cumsum([job.n for job in jobs])[:-1])
 
     def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, progress=None,
                  **options) -> np.ndarray:

@@ -33,10 +33,12 @@ def parse_models(items: list[str]) -> dict[str, str]:
 
 
 def load_models(spec: dict[str, str], precision: str = "auto") -> dict:
-    """{name: generator}; only genforge run directories load (config.json + safetensors, never pickle)."""
+    """{name: generator}; only genforge run directories (config.json + safetensors, never pickle) and
+    `genforge export` directories (ONNX on onnxruntime) load."""
     from genforge.artifacts import load
+    from genforge.runtime import is_export, load as load_export
 
-    return {name: load(path, precision=precision) for name, path in spec.items()}
+    return {name: load_export(path) if is_export(path) else load(path, precision=precision) for name, path in spec.items()}
 
 
 def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -56,9 +58,11 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
         uvicorn.run(app, **common)
         return
     from genforge.artifacts import read_config
+    from genforge.runtime import is_export
 
     for path in models.values():  # fail here, once, rather than in every worker
-        read_config(path)
+        if not is_export(path):
+            read_config(path)
     # the keys stay in their file (or GENFORGE_API_KEYS): each worker reads them itself
     os.environ["GENFORGE_SERVE"] = json.dumps({"models": models, "precision": precision, "api_key_file": api_key_file,
                                                "settings": {**asdict(settings), "api_keys": []}})
