@@ -104,3 +104,19 @@ def test_sampling_split_over_two_processes_equals_one_process(tmp_path):
     assert np.array_equal(np.load(out), alone)
     parts = [model.generate(5, seed=3, labels=4, sampler="ddim", eta=1.0, steps=3, shard=(i, 2)) for i in range(2)]
     assert [len(p) for p in parts] == [2, 3] and np.array_equal(np.concatenate(parts), alone)
+
+
+def test_each_launched_process_evaluates_on_its_own_gpu(monkeypatch):
+    """Under `accelerate launch` on a GPU machine, rank r samples and scores on cuda:LOCAL_RANK, not all on cuda:0
+    (checked with the CUDA queries stubbed: the tests never need a GPU)."""
+    import torch
+
+    from genforge.evaluation.evaluator import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert default_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device() == torch.device("cuda", 0)
+    assert default_device("cpu") == torch.device("cpu")

@@ -240,9 +240,13 @@ def _training_precision(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: fl
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device`, else this process's GPU (cuda:LOCAL_RANK under `accelerate launch`, so that sharded sampling
+    and evaluation put one process on each GPU), else the CPU."""
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
 
 
 def evaluators_root(data_dir: str | Path | None = None, root: str | Path | None = None) -> Path:
