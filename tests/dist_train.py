@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from genforge import artifacts
-from genforge.data.tokenizers import Tokenizer
+from genforge.tokenizers import Tokenizer
 from genforge.training import loop
 from tiny import tiny_config, tiny_lm_config
 

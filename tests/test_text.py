@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from genforge.data.text import SEPARATOR, TextCorpus, load_text_corpus, split_train_val
-from genforge.data.tokenizers import (ByteTokenizer, StreamDecoder, load_tokenizer, tokenizer_from_json,
+from genforge.tokenizers import (ByteTokenizer, StreamDecoder, load_tokenizer, tokenizer_from_json,
                                       train_tokenizer)
 from genforge.errors import UserError
 from genforge.models.gpt import GPT, GPTConfig

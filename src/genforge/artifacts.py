@@ -21,6 +21,7 @@ from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.labels import label_index, label_indices
+from genforge.text_jobs import TextJob, run_jobs
 from genforge.files import atomic_write_text, save_tensors
 from genforge.methods import DataSpec, get_method
 
@@ -303,25 +304,6 @@ class ImageGenerator(_Generator):
         return save_grid(images, path, nrow)
 
 
-@dataclass
-class TextJob:
-    """One row of a batched text generation: its prompt, limits, sampling and generator, and (filled in
-    by `TextGenerator.run`) its token counts and why it ended: "stop", "length" or "cancelled"."""
-
-    prompt: str
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    stop: list[str] | str | None = None
-    rng: torch.Generator | None = None
-    cancelled: Callable[[], bool] | None = None  # polled after each token; True ends the row
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    ended: bool = False  # its last piece has been handed out
-
-
 class TextGenerator(_Generator):
     """A loaded language model: `generate(prompt, ...)` -> str (or a list for a list of prompts), `stream(...)`.
 
@@ -362,79 +344,26 @@ class TextGenerator(_Generator):
 
         return {name: step_in(prec.autocast_dtype(name)) for name in names}
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        if not isinstance(prompt, str):
-            raise UserError(f"A prompt must be a string, got {type(prompt).__name__}.")
-        ids = self.tokenizer.encode(prompt)
-        if not ids:  # an empty prompt starts from a newline, as a fresh document would
-            ids = self.tokenizer.encode("\n")
-        return ids
-
     def run(self, jobs: list[TextJob], use_cache: bool = True, dtype: torch.dtype | None = None
             ) -> Iterator[list[str | None]]:
         """Generate every job as one batch, yielding per step each job's new text ("" while a multi-byte
         character or a possible stop string is incomplete; None once the job has ended). No stop string,
         nor anything after it, is ever handed out. Jobs carry their own limits, sampling settings and
         generator, so a job's text is the same whatever else shares its batch (the server's batching);
-        each job's token counts and finish reason are filled in as it runs."""
-        from genforge.data.tokenizers import StreamDecoder
+        each job's token counts and finish reason are filled in as it runs (`text_jobs.run_jobs`)."""
         from genforge.models.sampling import generate
 
-        if not jobs:
-            raise UserError("Give at least one prompt.")
-        stops = [[job.stop] if isinstance(job.stop, str) else [s for s in (job.stop or []) if s] for job in jobs]
-        decoders = [StreamDecoder(self.tokenizer) for _ in jobs]
-        text = [""] * len(jobs)  # generated text so far, per row
-        sent = [0] * len(jobs)  # how much of it was handed out; a stop string never starts before this
-        done = [False] * len(jobs)
-
-        def first_stop(b: int) -> int:
-            return min((i for i in (text[b].find(s, sent[b]) for s in stops[b]) if i >= 0), default=-1)
-
-        def on_token(b: int, ids: list[int]) -> bool:  # called by `generate` for each new id of a row
-            jobs[b].completion_tokens = len(ids)
-            text[b] += decoders[b].push(ids[-1])
-            if first_stop(b) >= 0:
-                jobs[b].finish_reason = "stop"
-                return True
-            if jobs[b].cancelled is not None and jobs[b].cancelled():
-                jobs[b].finish_reason = "cancelled"
-                return True
-            return False
-
-        def take(b: int, final: bool) -> str | None:
-            if done[b]:
-                return None
-            cut = first_stop(b)
-            if cut >= 0 or final:
-                done[b] = jobs[b].ended = True
-                jobs[b].finish_reason = jobs[b].finish_reason or ("stop" if cut >= 0 else "length")
-                return text[b][sent[b]:cut if cut >= 0 else None]
-            # Hold back the longest tail that could still grow into a stop string.
-            tail = max((k for s in stops[b] for k in range(1, len(s)) if text[b].endswith(s[:k])), default=0)
-            piece = text[b][sent[b]:len(text[b]) - tail]
-            sent[b] += len(piece)
-            return piece
-
-        ids = [self._prompt_ids(job.prompt) for job in jobs]
-        for job, row in zip(jobs, ids):
-            job.prompt_tokens, job.completion_tokens, job.finish_reason, job.ended = len(row), 0, None, False
+        for job in jobs:
             if job.rng is None:
                 job.rng = torch.Generator().manual_seed(int(torch.seed() % 2**63))
-        unk = self.tokenizer.unk_id  # stands for no character: it would only print as U+FFFD
         dtype = self.dtype if dtype is None else dtype
-        for out in generate(self._net_in(dtype), ids, [j.max_new_tokens for j in jobs], [j.temperature for j in jobs],
-                          [j.top_k for j in jobs], [j.top_p for j in jobs], generator=[j.rng for j in jobs],
-                          should_stop=on_token, use_cache=use_cache, dtype=dtype,
-                          banned_ids=[] if unk is None else [unk]):
-            for b, job in enumerate(jobs):  # a row that has ended hands out its last piece now, not with the batch
-                if not done[b] and (out[b] is None or job.completion_tokens >= job.max_new_tokens):
-                    text[b] += decoders[b].flush()
-            yield [take(b, final=out[b] is None or jobs[b].completion_tokens >= jobs[b].max_new_tokens)
-                   for b in range(len(jobs))]
-        for b in range(len(jobs)):
-            text[b] += decoders[b].flush()
-        yield [take(b, final=True) for b in range(len(jobs))]
+
+        def id_steps(ids, should_stop, banned):
+            return generate(self._net_in(dtype), ids, [j.max_new_tokens for j in jobs], [j.temperature for j in jobs],
+                            [j.top_k for j in jobs], [j.top_p for j in jobs], generator=[j.rng for j in jobs],
+                            should_stop=should_stop, use_cache=use_cache, dtype=dtype, banned_ids=banned)
+
+        yield from run_jobs(self.tokenizer, jobs, id_steps)
 
     def jobs(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None
@@ -513,7 +442,7 @@ def load(run_dir: str | Path, device: str | torch.device | None = None,
     dev = torch.device(device) if device else torch.device("cpu")
     net.to(dev).eval()
     if method.modality == "text":
-        from genforge.data.tokenizers import load_tokenizer
+        from genforge.tokenizers import load_tokenizer
 
         if not (run_dir / "tokenizer.json").exists():
             raise UserError(f"{run_dir} has no tokenizer.json, which a text model needs; the run directory is incomplete.")

@@ -7,6 +7,7 @@ sampling and parity with PyTorch can be checked on the same inputs."""
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from genforge.errors import UserError
 
 EXPORT_FILE = "export.json"
+TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 18
 
@@ -61,36 +63,36 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
     from genforge.methods import get_method
 
     method = get_method(read_config(run_dir).get("family", "?"))
-    if method.modality != "image":
-        method.onnx_graphs(None)  # raises the family's "cannot be exported yet" before any weights are read
     model = load(run_dir, "cpu", select=select, precision="no")
-    graphs = model.method.onnx_graphs(model.net)
+    graphs = method.onnx_graphs(model.net)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         files = {}
         for name, graph in graphs.items():
             path = tmp / f"{name}.onnx"
-            batch = torch.export.Dim("batch", min=1, max=65_536)
+            dynamic = graph.dynamic or {k: {0: "batch"} for k in graph.inputs}
+            dims = {name: torch.export.Dim(name, min=0 if name in graph.may_be_empty else 1, max=65_536)
+                    for spec in dynamic.values() for name in spec.values()}
+            shapes = tuple({axis: dims[name] for axis, name in dynamic.get(k, {}).items()} for k in graph.inputs)
+            params = inspect.signature(graph.module.forward).parameters.values()
+            if any(p.kind is p.VAR_POSITIONAL for p in params):  # torch.export sees *args as one tuple argument
+                fixed = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+                shapes = (*shapes[:fixed], shapes[fixed:])
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
                 torch.onnx.export(graph.module.eval(), tuple(graph.inputs.values()), str(path),
                                   input_names=list(graph.inputs), output_names=graph.outputs,
-                                  dynamic_shapes={k: {0: batch} for k in graph.inputs}, opset_version=opset,
+                                  dynamic_shapes=shapes, opset_version=opset,
                                   dynamo=True, external_data=False, verbose=False)
             files[name] = {"file": path.name, "format": "onnx", "sha256": sha256_file(path),
                            "inputs": list(graph.inputs), "outputs": graph.outputs}
-        h, w, c = model.image_shape
         config = {
             "format_version": FORMAT_VERSION,
-            "modality": "image",
+            "modality": method.modality,
             "family": model.meta.get("family"),
             "name": model.meta.get("name"),
-            "image": {"height": h, "width": w, "channels": c},
-            "classes": list(model.classes),
-            "conditional": bool(model.conditional),
-            "options": model.options(),
-            "family_config": model.method.runtime_config(model.net),
+            "family_config": method.runtime_config(model.net),
             "graphs": files,
             "opset": opset,
             "provenance": {"source_run": str(run_dir.resolve()), "weights_file": model.weights_file,
@@ -99,6 +101,14 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                            "torch": torch.__version__,
                            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }
+        if method.modality == "image":
+            h, w, c = model.image_shape
+            config.update(image={"height": h, "width": w, "channels": c}, classes=list(model.classes),
+                          conditional=bool(model.conditional), options=model.options())
+        else:  # the tokenizer travels as the run saved it (JSON: vocabulary or BPE merges)
+            shutil.copy(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            config["tokenizer"] = {"file": TOKENIZER_FILE, "kind": model.tokenizer.kind,
+                                   "sha256": sha256_file(tmp / TOKENIZER_FILE)}
         (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if int8:
             _quantize(tmp, config, calibration_n)

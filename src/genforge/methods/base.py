@@ -41,12 +41,14 @@ class DataSpec:
 
 @dataclass
 class OnnxGraph:
-    """One graph of an export: a module, example inputs by name (dimension 0 of each is the batch, exported as
-    dynamic) and the names of its outputs."""
+    """One graph of an export: a module, example inputs by name, the names of its outputs, and which input
+    dimensions are dynamic (by name: two inputs naming "batch" share it)."""
 
     module: nn.Module
     inputs: dict[str, torch.Tensor]
     outputs: list[str]
+    dynamic: dict[str, dict[int, str]] | None = None  # named dynamic dimensions per input; None: {0: "batch"} each
+    may_be_empty: tuple[str, ...] = ()  # dynamic dimensions that can be 0 (a KV cache's past length)
 
 
 class TrainingData(Protocol):

@@ -25,11 +25,11 @@ import torch
 from pydantic import Field
 
 from genforge.data.text import load_text_corpus
-from genforge.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from genforge.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from genforge.errors import UserError
-from genforge.methods.base import Method, MethodConfig
-from genforge.models.gpt import GPT, GPTConfig
-from genforge.models.rnn_lm import RNNLM, RNNConfig
+from genforge.methods.base import Method, MethodConfig, OnnxGraph
+from genforge.models.gpt import GPT, GPTConfig, GPTWithPast
+from genforge.models.rnn_lm import RNNLM, RNNConfig, RNNWithState
 from genforge.models.sampling import generate_ids
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -179,6 +179,36 @@ class LMMethod(Method):
                                  n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
         return RNNLM(RNNConfig(vocab_size=spec.vocab_size, cell=cfg.architecture, n_layer=cfg.n_layer,
                                hidden=cfg.hidden, dropout=cfg.dropout))
+
+    @classmethod
+    def onnx_graphs(cls, net) -> dict[str, OnnxGraph]:
+        """GPT: one decoder graph with its KV cache in and out (Optimum's layout; past length 0 is the prefill).
+        RNN: one graph with the recurrent state in and out."""
+        ids = torch.zeros(2, 3, dtype=torch.long)
+        if isinstance(net, GPT):
+            c = net.config
+            past = {f"past_key_values.{i}.{kv}": torch.zeros(2, c.n_head, 4, c.n_embd // c.n_head)
+                    for i in range(c.n_layer) for kv in ("key", "value")}
+            inputs = {"input_ids": ids, "position_ids": torch.arange(4, 7).expand(2, 3), **past}
+            dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
+                       **{k: {0: "batch", 2: "past"} for k in past}}
+            outputs = ["logits", *(f"present.{i}.{kv}" for i in range(c.n_layer) for kv in ("key", "value"))]
+            return {"decoder": OnnxGraph(GPTWithPast(net), inputs, outputs, dynamic, may_be_empty=("past",))}
+        c = net.config
+        state = {"h": torch.zeros(c.n_layer, 2, c.hidden)}
+        if c.cell == "lstm":
+            state["c"] = torch.zeros(c.n_layer, 2, c.hidden)
+        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, **{k: {1: "batch"} for k in state}}
+        return {"rnn": OnnxGraph(RNNWithState(net), {"input_ids": ids, **state}, ["logits", *(f"{k}_out" for k in state)],
+                                 dynamic)}
+
+    @classmethod
+    def runtime_config(cls, net) -> dict:
+        c = net.config
+        if isinstance(net, GPT):
+            return {"architecture": "gpt", "n_layer": c.n_layer, "n_head": c.n_head, "head_dim": c.n_embd // c.n_head,
+                    "block_size": c.block_size, "vocab_size": c.vocab_size}
+        return {"architecture": c.cell, "n_layer": c.n_layer, "hidden": c.hidden, "vocab_size": c.vocab_size}
 
     def setup(self, train_cfg) -> None:
         cfg = self.cfg

@@ -250,6 +250,35 @@ class GPT(nn.Module):
         return GPTSession(self, prompts, use_cache)
 
 
+class GPTWithPast(nn.Module):
+    """The GPT with its KV cache as explicit inputs and outputs, in Hugging Face Optimum's layout: input_ids and
+    position_ids (B, T) and past_key_values.{i}.key / .value (B, n_head, P, head_dim) in; logits (B, T, vocab)
+    and present.{i}.key / .value (B, n_head, P + T, head_dim) out. What `genforge export` writes for a runtime
+    to step: P = 0 is the prefill, T = 1 a decode step. Every row has the same past length."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, input_ids, position_ids, *past):
+        g = self.gpt
+        x = g.wte(input_ids) + g.wpe(position_ids)
+        B, T, C = x.shape
+        P = past[0].shape[2]
+        keys = torch.arange(P + T, device=x.device)
+        mask = keys.view(1, -1) <= (P + torch.arange(T, device=x.device)).view(-1, 1)  # causal, after the past
+        presents = []
+        for i, block in enumerate(g.h):
+            attn = block.attn
+            q, k, v = attn.c_attn(block.ln_1(x)).view(B, T, 3, attn.n_head, C // attn.n_head).permute(2, 0, 3, 1, 4)
+            k, v = torch.cat([past[2 * i], k], 2), torch.cat([past[2 * i + 1], v], 2)
+            presents += [k, v]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + block.mlp(block.ln_2(x))
+        return (F.linear(g.ln_f(x), g.wte.weight), *presents)
+
+
 class GPTSession:
     """The state of one batched generation: each row's tokens, its window start and (with the cache)
     how many positions of its KV cache are filled. `logits` holds every row's next-token logits;

@@ -96,6 +96,20 @@ class RNNLM(nn.Module):
         return RNNSession(self, prompts, use_cache)
 
 
+class RNNWithState(nn.Module):
+    """The RNN LM with its recurrent state as explicit inputs and outputs, for export: input_ids (B, T) and
+    h (n_layer, B, hidden) [and c for an LSTM] in; logits (B, T, vocab) and the new h [and c] out."""
+
+    def __init__(self, model: RNNLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, h, c=None):
+        out, state = self.model.rnn(self.model.embed(input_ids), (h, c) if c is not None else h)
+        logits = self.model.logits(out)
+        return (logits, *state) if isinstance(state, tuple) else (logits, state)
+
+
 class RNNSession:
     """One batched generation. With `use_cache` the recurrent state is carried (one step per token);
     without, every step reruns each row's whole history, which is only useful as a reference."""

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.artifacts import TextJob
+from genforge.text_jobs import TextJob
 from genforge.errors import UserError
 from genforge.media import png_bytes
 from genforge.serving import protocol as p

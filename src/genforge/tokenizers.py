@@ -17,11 +17,14 @@ import json
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from genforge.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("char", "byte", "bpe")
 FORMAT_VERSION = 1
@@ -56,6 +59,8 @@ class Tokenizer(ABC):
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         """A whole corpus as a 1-D int64 tensor; subclasses override where a vectorised path exists."""
+        import torch
+
         return torch.tensor(self.encode(text), dtype=torch.long)
 
     def count_units(self, text: str) -> int:
@@ -93,6 +98,8 @@ class CharTokenizer(Tokenizer):
         return [stoi.get(c, unk) for c in text]
 
     def encode_tensor(self, text: str) -> torch.Tensor:
+        import torch
+
         # Vocabulary is sorted by code point, so a binary search maps every character at once.
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         if len(self._codepoints) == 0:
@@ -123,6 +130,8 @@ class ByteTokenizer(Tokenizer):
         return list(text.encode("utf-8"))
 
     def encode_tensor(self, text: str) -> torch.Tensor:
+        import torch
+
         return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
 
     def decode(self, ids: list[int]) -> str:
