@@ -203,13 +203,79 @@ def test_the_server_serves_an_export(exported):
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "limit"
 
 
-def test_export_refuses_what_it_cannot_do(exported, tmp_path):
-    lm = train(tiny_lm_config(max_steps=2), tmp_path / "lm", progress=False).run_dir
-    with pytest.raises(UserError, match="lm models cannot be exported yet"):
-        export(lm, tmp_path / "lm-export")
-    assert not (tmp_path / "lm-export").exists()
+def test_export_refuses_what_it_cannot_do(exported):
+    from genforge.methods import Method
+
+    toy = type("ToyMethod", (Method,), {"family": "toy"})  # a family that declares no graphs
+    with pytest.raises(UserError, match="toy models cannot be exported yet"):
+        toy.onnx_graphs(None)
     with pytest.raises(UserError, match="not empty"):
         export(exported["cgan"][0], exported["cgan"][1])  # never overwrites an export unasked
+
+
+# -- language models ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("text-export")
+    out = {}
+    for arch, model in (("gpt", {}), ("lstm", {"architecture": "lstm", "n_layer": 2, "hidden": 32})):
+        cfg = tiny_lm_config(max_steps=20, eval_every=None).model_dump()
+        cfg["model"].update(model)
+        run = train(validate(cfg), base / arch, progress=False).run_dir
+        out[arch] = (run, export(run, base / f"{arch}-export"))
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("past", [0, 1, 5])
+def test_gpt_graph_with_past_matches_the_full_forward(text_exported, batch, past):
+    """Optimum's layout at past length 0 (the prefill), 1 and more, batch 1 and more: the logits of T new
+    tokens given the cache of P earlier ones equal the full forward's."""
+    run, out = text_exported["gpt"]
+    net, ex = genforge.load(run, precision="no").net, load_export(out)
+    ids = torch.randint(0, net.config.vocab_size, (batch, past + 3), generator=torch.Generator().manual_seed(past))
+    with torch.no_grad():
+        ref = net(ids)[0][:, past:].numpy()
+    h, d = net.config.n_head, net.config.n_embd // net.config.n_head
+    names = ex.session.get_inputs()[2:]
+    cache = {i.name: np.zeros((batch, h, 0, d), np.float32) for i in names}
+    if past:
+        outs = ex.session.run(None, {"input_ids": ids[:, :past].numpy(), "position_ids": np.arange(past)[None].repeat(batch, 0),
+                                     **cache})
+        cache = {i.name: o for i, o in zip(names, outs[1:])}
+    outs = ex.session.run(None, {"input_ids": ids[:, past:].numpy(),
+                                 "position_ids": np.arange(past, past + 3)[None].repeat(batch, 0), **cache})
+    assert outs[1].shape == (batch, h, past + 3, d)
+    np.testing.assert_allclose(outs[0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_exported_language_models_generate_as_pytorch_does(text_exported, arch):
+    run, out = text_exported[arch]
+    model, ex = genforge.load(run, precision="no"), load_export(out)
+    # greedy: token for token over 200 tokens (the GPT's 32-token window slides several times on the way)
+    assert ex.generate("ROMEO:", max_new_tokens=200, temperature=0) == model.generate("ROMEO:", max_new_tokens=200,
+                                                                                         temperature=0)
+    assert ex.generate(["a", "KING"], max_new_tokens=30, temperature=0) == model.generate(["a", "KING"], max_new_tokens=30,
+                                                                                          temperature=0)
+    sampled = ex.generate("ROMEO:", max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.95, seed=4)
+    assert sampled == ex.generate("ROMEO:", max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.95, seed=4)
+    assert sampled != ex.generate("ROMEO:", max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.95, seed=5)
+    text = model.generate("ROMEO:", max_new_tokens=60, temperature=0)
+    stop = text[10:12]  # a stop string the greedy text contains
+    streamed = "".join(ex.stream("ROMEO:", max_new_tokens=60, temperature=0, stop=stop))
+    assert streamed == text[:text.index(stop)] == model.generate("ROMEO:", max_new_tokens=60, temperature=0, stop=stop)
+    with pytest.raises(UserError, match="top_p"):
+        ex.generate("a", top_p=1.5)
+
+
+def test_cli_samples_a_text_export(text_exported, tmp_path):
+    run, out = text_exported["gpt"]
+    r = CliRunner().invoke(app, ["sample", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0"])
+    assert r.exit_code == 0, r.output
+    assert r.output.rstrip("\n") == "ROMEO:" + genforge.load(run, precision="no").generate("ROMEO:", 30, temperature=0)
+    r = CliRunner().invoke(app, ["sample", str(out), "--label", "3"])
+    assert r.exit_code == 2 and "text model" in r.output
 
 
 def test_cli_exports_and_samples_an_export(exported, tmp_path):
@@ -226,14 +292,15 @@ def test_cli_exports_and_samples_an_export(exported, tmp_path):
     assert r.exit_code == 2 and "export" in r.output
 
 
-def test_a_fresh_environment_without_torch_generates_from_an_export(exported, tmp_path):
+def test_a_fresh_environment_without_torch_generates_from_an_export(exported, text_exported, tmp_path):
     """The runtime's claim, tested: genforge installed without its torch dependencies, plus numpy, Pillow,
-    onnxruntime and the CLI's typer and rich only, samples every exported family from Python and the CLI."""
+    onnxruntime, tokenizers and the CLI's typer and rich only, samples every exported family from Python and
+    the CLI."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "typer", "rich"], check=True, timeout=600)
+    subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "tokenizers", "typer", "rich"], check=True, timeout=600)
     subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=600)
     exports = {name: str(out) for name, (_, out) in exported.items()}
     script = f"""
@@ -243,6 +310,9 @@ import genforge.runtime as rt
 for name, path in json.loads({json.dumps(json.dumps(exports))}).items():
     images = rt.load(path).generate(3, seed=0)
     assert images.shape == (3, 28, 28, 1) and images.dtype.name == "uint8", (name, images.shape)
+for name, path in json.loads({json.dumps(json.dumps({k: str(v[1]) for k, v in text_exported.items()}))}).items():
+    text = rt.load(path).generate("ROMEO:", max_new_tokens=20, temperature=0)
+    assert isinstance(text, str) and len(text) > 0, (name, text)
 print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelerate")))
 """
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -252,3 +322,7 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accel
                         "--out", str(tmp_path / "grid.png")], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env=clean_env)
     assert r.returncode == 0 and (tmp_path / "grid.png").exists(), r.stdout + r.stderr
+    r = subprocess.run([str(env_dir / "bin" / "genforge"), "sample", str(text_exported["gpt"][1]), "--prompt", "ROMEO:",
+                        "--max-new-tokens", "20", "--temperature", "0"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env=clean_env)
+    assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stdout + r.stderr

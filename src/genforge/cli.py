@@ -144,7 +144,7 @@ def sample(
     An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported."""
     import numpy as np
 
-    from genforge.runtime.images import is_export
+    from genforge.runtime import is_export
     from genforge.visual import save_grid, to_pil
 
     exported = is_export(run_dir)

@@ -37,6 +37,15 @@ class TextJob:
     ended: bool = False  # its last piece has been handed out
 
 
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise UserError(f"temperature must be >= 0 (0 = greedy); got {temperature}. Fix: use e.g. 0.8.")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1 or unset; got {top_k}. Fix: use e.g. 50, or leave it unset.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1] or unset; got {top_p}. Fix: use e.g. 0.9, or leave it unset.")
+
+
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     if not isinstance(prompt, str):
         raise UserError(f"A prompt must be a string, got {type(prompt).__name__}.")

@@ -14,15 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from genforge.errors import UserError
-
-
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0 (0 = greedy); got {temperature}. Fix: use e.g. 0.8.")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top_k must be >= 1 or unset; got {top_k}. Fix: use e.g. 50, or leave it unset.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1] or unset; got {top_p}. Fix: use e.g. 0.9, or leave it unset.")
+from genforge.text_jobs import check_sampling_args
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
