@@ -269,6 +269,20 @@ def test_exported_language_models_generate_as_pytorch_does(text_exported, arch):
         ex.generate("a", top_p=1.5)
 
 
+def test_int8_language_model_export_is_dynamic_and_generates(text_exported, tmp_path):
+    import onnx
+
+    run, out = text_exported["gpt"]
+    q = export(run, tmp_path / "int8", int8=True)
+    cfg = json.loads((q / "export.json").read_text())
+    assert cfg["int8"] == ["decoder"] and cfg["graphs"]["decoder"]["int8"]["method"].startswith("dynamic")
+    ops = {node.op_type for node in onnx.load(str(q / "decoder.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
+    text = load_export(q).generate("ROMEO:", max_new_tokens=50, temperature=0)
+    ref = load_export(out).generate("ROMEO:", max_new_tokens=50, temperature=0)
+    assert len(text) == len(ref) and sum(a == b for a, b in zip(text, ref)) >= 10  # same model, int8 weights
+
+
 def test_cli_samples_a_text_export(text_exported, tmp_path):
     run, out = text_exported["gpt"]
     r = CliRunner().invoke(app, ["sample", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0"])

@@ -111,7 +111,7 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                                    "sha256": sha256_file(tmp / TOKENIZER_FILE)}
         (tmp / EXPORT_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if int8:
-            _quantize(tmp, config, calibration_n)
+            _quantize(tmp, config, calibration_n, {name: g.int8 for name, g in graphs.items()})
         for entry in files.values():
             if fmt == "ort":
                 path = _to_ort(tmp / entry["file"])
@@ -135,16 +135,31 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
     return out_dir
 
 
-def _quantize(tmp: Path, config: dict, n: int) -> None:
-    """Static int8 (QDQ: quantize/dequantize pairs around each quantized op, per-channel int8 weights, MinMax
-    ranges) of every graph that sampling uses, calibrated on the inputs those graphs receive while the fp32
-    export draws `n` samples with its default options (the diffusion UNet sees every step of its sampler).
-    Graphs sampling never calls (a VAE's encoder) stay fp32; export.json records which were quantized."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+def _quantize(tmp: Path, config: dict, n: int, schemes: dict[str, str]) -> None:
+    """int8 as each graph asks (`OnnxGraph.int8`). "dynamic": int8 weights of MatMul/Gemm, activations quantized
+    on the fly (language models). "static": QDQ (quantize/dequantize pairs around each quantized op,
+    per-channel int8 weights, MinMax ranges) calibrated on the inputs the graph receives while the fp32 export
+    draws `n` samples with its default options (the diffusion UNet sees every step of its sampler); static
+    graphs that sampling never calls (a VAE's encoder) stay fp32. export.json records which were quantized."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_dynamic, quantize_static)
 
     from genforge.files import sha256_file
     from genforge.runtime import load as load_export
 
+    done = []
+    for name in (k for k, scheme in schemes.items() if scheme == "dynamic"):
+        entry = config["graphs"][name]
+        src, pre = tmp / entry["file"], tmp / f"{name}.pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(src), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        pre.unlink()
+        entry.update(sha256=sha256_file(src), int8={"method": "dynamic: int8 MatMul/Gemm weights, activations "
+                                                              "quantized per call", "calibration": None})
+        done.append(name)
+    if not any(scheme == "static" for scheme in schemes.values()):
+        config["int8"] = sorted(done)
+        return
     model = load_export(tmp)
     seen: dict[str, list[dict]] = {}
     for name, run in list(model.family.graphs.items()):
@@ -162,6 +177,8 @@ def _quantize(tmp: Path, config: dict, n: int) -> None:
             return next(self.batches, None)
 
     for name, batches in seen.items():
+        if schemes.get(name) != "static":
+            continue
         entry = config["graphs"][name]
         src, pre = tmp / entry["file"], tmp / f"{name}.pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -173,7 +190,7 @@ def _quantize(tmp: Path, config: dict, n: int) -> None:
             "method": "static QDQ of Conv, ConvTranspose, MatMul and Gemm: per-channel int8 weights, int8 "
                       "activations, MinMax ranges",
             "calibration": f"{len(batches)} batches of the inputs this graph gets while {n} samples are drawn"})
-    config["int8"] = sorted(seen)
+    config["int8"] = sorted(done + [k for k in seen if schemes.get(k) == "static"])
 
 
 def _to_ort(path: Path) -> Path:

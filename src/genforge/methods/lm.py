@@ -183,7 +183,9 @@ class LMMethod(Method):
     @classmethod
     def onnx_graphs(cls, net) -> dict[str, OnnxGraph]:
         """GPT: one decoder graph with its KV cache in and out (Optimum's layout; past length 0 is the prefill).
-        RNN: one graph with the recurrent state in and out."""
+        RNN: one graph with the recurrent state in and out. int8 for either: dynamic (int8 weights, activations
+        quantized on the fly), the usual choice for language models, whose activations vary too much to
+        calibrate once."""
         ids = torch.zeros(2, 3, dtype=torch.long)
         if isinstance(net, GPT):
             c = net.config
@@ -193,14 +195,14 @@ class LMMethod(Method):
             dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
                        **{k: {0: "batch", 2: "past"} for k in past}}
             outputs = ["logits", *(f"present.{i}.{kv}" for i in range(c.n_layer) for kv in ("key", "value"))]
-            return {"decoder": OnnxGraph(GPTWithPast(net), inputs, outputs, dynamic, may_be_empty=("past",))}
+            return {"decoder": OnnxGraph(GPTWithPast(net), inputs, outputs, dynamic, may_be_empty=("past",), int8="dynamic")}
         c = net.config
         state = {"h": torch.zeros(c.n_layer, 2, c.hidden)}
         if c.cell == "lstm":
             state["c"] = torch.zeros(c.n_layer, 2, c.hidden)
         dynamic = {"input_ids": {0: "batch", 1: "sequence"}, **{k: {1: "batch"} for k in state}}
         return {"rnn": OnnxGraph(RNNWithState(net), {"input_ids": ids, **state}, ["logits", *(f"{k}_out" for k in state)],
-                                 dynamic)}
+                                 dynamic, int8="dynamic")}
 
     @classmethod
     def runtime_config(cls, net) -> dict:
