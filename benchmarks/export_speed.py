@@ -84,6 +84,86 @@ def rate(fn, n: int, repeats: int = 3) -> float:
     return n / best
 
 
+def bits_per_token(step, ids: list[int], block: int, windows: int) -> float:
+    """Mean next-token cross-entropy (bits) over `windows` evenly spaced windows of `block` + 1 validation ids;
+    step(window) -> logits (T, vocab) for the window's tokens."""
+    import numpy as np
+
+    starts = np.linspace(0, len(ids) - block - 2, windows).astype(int)
+    total, count = 0.0, 0
+    for s in starts:
+        window = ids[s:s + block + 1]
+        logits = step(window[:-1]).astype(np.float64)
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        total -= logp[np.arange(block), window[1:]].sum()
+        count += block
+    return total / count / np.log(2)
+
+
+def text_row(run: Path, work: Path, a) -> dict:
+    """A language model: cold start to the first token, greedy tokens/s (torch's KV cache, fp32 and int8
+    exports, batch 1), and int8's cost in validation bits per token and in greedy text."""
+    import numpy as np
+    import torch
+
+    import genforge
+    from genforge.data.text import load_text_corpus
+    from genforge.export import export
+    from genforge.methods.lm import split_text
+    from genforge.runtime import load as load_export
+
+    name = run.name
+    t = time.perf_counter()
+    fp32 = export(run, work / f"{name}-fp32", overwrite=True)
+    export_s = time.perf_counter() - t
+    int8 = export(run, work / f"{name}-int8", overwrite=True, int8=True)
+    model, ex32, ex8 = genforge.load(run, precision="no"), load_export(fp32), load_export(int8)
+    row = {"run": str(run), "family": "lm", "architecture": ex32.family_config["architecture"],
+           "export_seconds": round(export_s, 1),
+           "size_mb": {k: round(sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".onnx") / 1e6, 2)
+                       for k, d in (("fp32", fp32), ("int8", int8))}}
+    first = "m.generate('\\n', max_new_tokens=1, temperature=0)"
+    row["cold_start_s"] = {
+        "torch": round(cold_start(f"import genforge; m = genforge.load({str(run)!r}, precision='no'); {first}", a.repeats), 3),
+        "runtime": round(cold_start(f"import genforge.runtime as rt; m = rt.load({str(fp32)!r}); {first}", a.repeats), 3)}
+    row["cold_start_ratio"] = round(row["cold_start_s"]["runtime"] / row["cold_start_s"]["torch"], 3)
+    tokens = a.tokens
+    row["tokens_per_sec"] = {
+        tag: round(rate(lambda n, m=m: m.generate("ROMEO:", max_new_tokens=n, temperature=0), tokens), 1)
+        for tag, m in (("torch_kv_cache_fp32", model), ("export_fp32", ex32), ("export_int8", ex8))}
+    greedy = [m.generate("ROMEO:", max_new_tokens=200, temperature=0) for m in (model, ex32, ex8)]
+    row["greedy_200"] = {"export_fp32_equals_torch": greedy[1] == greedy[0],
+                         "int8_chars_equal_to_fp32": sum(x == y for x, y in zip(greedy[1], greedy[2]))}
+    meta = model.meta["data"]
+    _, val = split_text(load_text_corpus(meta["dataset"], a.data_dir).text, meta["val_fraction"])
+    ids = model.tokenizer.encode(val)
+    block = ex32.family_config.get("block_size", 256)
+
+    def onnx_step(m):
+        def step(window):
+            if m.gpt:
+                names = [i.name for i in m.session.get_inputs()[2:]]
+                c = m.family_config
+                past = {k: np.zeros((1, c["n_head"], 0, c["head_dim"]), np.float32) for k in names}
+                return m.session.run(None, {"input_ids": np.array([window]), "position_ids": np.arange(len(window))[None],
+                                            **past})[0][0]
+            c = m.family_config
+            state = {k: np.zeros((c["n_layer"], 1, c["hidden"]), np.float32)
+                     for k in (["h", "c"] if c["architecture"] == "lstm" else ["h"])}
+            return m.session.run(None, {"input_ids": np.array([window]), **state})[0][0]
+        return step
+
+    def torch_step(window):
+        with torch.no_grad():
+            return model.net(torch.tensor([window]))[0][0].numpy()
+
+    row["val_bits_per_token"] = {tag: round(bits_per_token(step, ids, block, a.windows), 4) for tag, step in
+                                 (("torch", torch_step), ("export_fp32", onnx_step(ex32)), ("export_int8", onnx_step(ex8)))}
+    row["int8_loss_change"] = round(row["val_bits_per_token"]["export_int8"] / row["val_bits_per_token"]["export_fp32"] - 1, 4)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", required=True, help="an image run directory (repeatable)")
@@ -93,6 +173,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--fid-n", type=int, default=5000, help="samples per FID (fp32 and int8 exports)")
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per cold-start figure")
+    p.add_argument("--tokens", type=int, default=200, help="greedy tokens per speed measurement (text)")
+    p.add_argument("--windows", type=int, default=50, help="validation windows of block_size tokens (text)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
 
@@ -113,6 +195,11 @@ def main() -> None:
     fp["runtime_over_torch"] = round(fp["runtime"] / fp["torch"], 3)
     print(json.dumps({"footprint_mb": fp}), flush=True)
     for run in map(Path, a.run):
+        if genforge.load(run, precision="no").modality == "text":
+            row = text_row(run, work, a)
+            report["models"].append(row)
+            print(json.dumps(row), flush=True)
+            continue
         name = run.name
         t = time.perf_counter()
         fp32 = export(run, work / f"{name}-fp32", overwrite=True)

@@ -269,14 +269,16 @@ def test_exported_language_models_generate_as_pytorch_does(text_exported, arch):
         ex.generate("a", top_p=1.5)
 
 
-def test_int8_language_model_export_is_dynamic_and_generates(text_exported, tmp_path):
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_int8_language_model_export_is_dynamic_and_generates(text_exported, arch, tmp_path):
     import onnx
 
-    run, out = text_exported["gpt"]
+    run, out = text_exported[arch]
     q = export(run, tmp_path / "int8", int8=True)
     cfg = json.loads((q / "export.json").read_text())
-    assert cfg["int8"] == ["decoder"] and cfg["graphs"]["decoder"]["int8"]["method"].startswith("dynamic")
-    ops = {node.op_type for node in onnx.load(str(q / "decoder.onnx")).graph.node}
+    graph = "decoder" if arch == "gpt" else "rnn"
+    assert cfg["int8"] == [graph] and cfg["graphs"][graph]["int8"]["method"].startswith("dynamic")
+    ops = {node.op_type for node in onnx.load(str(q / f"{graph}.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
     text = load_export(q).generate("ROMEO:", max_new_tokens=50, temperature=0)
     ref = load_export(out).generate("ROMEO:", max_new_tokens=50, temperature=0)

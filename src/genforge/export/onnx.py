@@ -71,20 +71,12 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
         files = {}
         for name, graph in graphs.items():
             path = tmp / f"{name}.onnx"
-            dynamic = graph.dynamic or {k: {0: "batch"} for k in graph.inputs}
-            dims = {name: torch.export.Dim(name, min=0 if name in graph.may_be_empty else 1, max=65_536)
-                    for spec in dynamic.values() for name in spec.values()}
-            shapes = tuple({axis: dims[name] for axis, name in dynamic.get(k, {}).items()} for k in graph.inputs)
-            params = inspect.signature(graph.module.forward).parameters.values()
-            if any(p.kind is p.VAR_POSITIONAL for p in params):  # torch.export sees *args as one tuple argument
-                fixed = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
-                shapes = (*shapes[:fixed], shapes[fixed:])
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
-                torch.onnx.export(graph.module.eval(), tuple(graph.inputs.values()), str(path),
-                                  input_names=list(graph.inputs), output_names=graph.outputs,
-                                  dynamic_shapes=shapes, opset_version=opset,
-                                  dynamo=True, external_data=False, verbose=False)
+            _export_graph(graph, path, opset)
+            if _pinned(graph, path):  # see `_export_graph_in_child`
+                _export_graph_in_child(str(run_dir), select, name, str(path), opset)
+                if _pinned(graph, path):
+                    raise RuntimeError(f"the exporter fixed a dynamic dimension of {name}; its graph would not run on other sizes")
+            _drop_traced_shapes(path)
             files[name] = {"file": path.name, "format": "onnx", "sha256": sha256_file(path),
                            "inputs": list(graph.inputs), "outputs": graph.outputs}
         config = {
@@ -151,8 +143,12 @@ def _quantize(tmp: Path, config: dict, n: int, schemes: dict[str, str]) -> None:
     for name in (k for k, scheme in schemes.items() if scheme == "dynamic"):
         entry = config["graphs"][name]
         src, pre = tmp / entry["file"], tmp / f"{name}.pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        # no offline graph optimisation here: saved optimised, the RNN graph came back with its sequence length
+        # pinned to the export example's
+        declared = _input_types(src)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=True)
         quantize_dynamic(str(pre), str(src), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        _drop_traced_shapes(src, declared)
         pre.unlink()
         entry.update(sha256=sha256_file(src), int8={"method": "dynamic: int8 MatMul/Gemm weights, activations "
                                                               "quantized per call", "calibration": None})
@@ -181,16 +177,91 @@ def _quantize(tmp: Path, config: dict, n: int, schemes: dict[str, str]) -> None:
             continue
         entry = config["graphs"][name]
         src, pre = tmp / entry["file"], tmp / f"{name}.pre.onnx"
+        declared = _input_types(src)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(src), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                         op_types_to_quantize=["Conv", "ConvTranspose", "MatMul", "Gemm"],
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        _drop_traced_shapes(src, declared)
         pre.unlink()
         entry.update(sha256=sha256_file(src), int8={
             "method": "static QDQ of Conv, ConvTranspose, MatMul and Gemm: per-channel int8 weights, int8 "
                       "activations, MinMax ranges",
             "calibration": f"{len(batches)} batches of the inputs this graph gets while {n} samples are drawn"})
     config["int8"] = sorted(done + [k for k in seen if schemes.get(k) == "static"])
+
+
+def _export_graph(graph, path: Path, opset: int) -> None:
+    import torch
+
+    dynamic = graph.dynamic or {k: {0: "batch"} for k in graph.inputs}
+    dims = {name: torch.export.Dim(name, min=0 if name in graph.may_be_empty else 1, max=65_536)
+            for spec in dynamic.values() for name in spec.values()}
+    shapes = tuple({axis: dims[name] for axis, name in dynamic.get(k, {}).items()} for k in graph.inputs)
+    params = inspect.signature(graph.module.forward).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):  # torch.export sees *args as one tuple argument
+        fixed = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        shapes = (*shapes[:fixed], shapes[fixed:])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+        torch.onnx.export(graph.module.eval(), tuple(graph.inputs.values()), str(path), input_names=list(graph.inputs),
+                          output_names=graph.outputs, dynamic_shapes=shapes, opset_version=opset, dynamo=True,
+                          external_data=False, verbose=False)
+
+
+def _pinned(graph, path: Path) -> bool:
+    """Whether a dimension declared dynamic came out as a fixed size."""
+    import onnx
+
+    dynamic = graph.dynamic or {k: {0: "batch"} for k in graph.inputs}
+    declared = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path)).graph.input}
+    return any(not declared[k][axis].dim_param for k, spec in dynamic.items() for axis in spec)
+
+
+def _export_graph_in_child(run_dir: str, select, name: str, path: str, opset: int) -> None:
+    """Export one graph in a fresh interpreter. In torch 2.13, the second torch.export of an nn.LSTM in a process
+    traces its sequence length as a constant (the first does not), so an RNN exported after any other export
+    would only run on the example's length; a fresh process exports it as the first one does."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(run_dir, select, name, path, opset))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"exporting {name} in a fresh process failed (exit code {proc.exitcode})")
+
+
+def _child(run_dir: str, select, name: str, path: str, opset: int) -> None:
+    from genforge import load
+    from genforge.artifacts import read_config
+    from genforge.methods import get_method
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    model = load(run_dir, "cpu", select=select, precision="no")
+    _export_graph(get_method(read_config(run_dir)["family"]).onnx_graphs(model.net)[name], Path(path), opset)
+
+
+def _drop_traced_shapes(path: Path, inputs: dict | None = None) -> None:
+    """Forget the shapes recorded for intermediate values and outputs: tracing can note the example's sizes there
+    (the LSTM's sequence length, for one) although the inputs are dynamic, and the int8 tools' shape inference
+    then pins an input to that size. `inputs`: input declarations (`_input_types` of the graph as exported, its
+    dynamic dimensions intact) to restore. onnxruntime infers the rest anew when it loads the graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    for i in model.graph.input:
+        if inputs and i.name in inputs:
+            i.type.CopyFrom(inputs[i.name])
+    onnx.save(model, str(path))
+
+
+def _input_types(path: Path) -> dict:
+    import onnx
+
+    return {i.name: i.type for i in onnx.load(str(path)).graph.input}
 
 
 def _to_ort(path: Path) -> Path:
