@@ -276,13 +276,15 @@ def test_int8_language_model_export_is_dynamic_and_generates(text_exported, arch
     run, out = text_exported[arch]
     q = export(run, tmp_path / "int8", int8=True)
     cfg = json.loads((q / "export.json").read_text())
-    graph = "decoder" if arch == "gpt" else "rnn"
-    assert cfg["int8"] == [graph] and cfg["graphs"][graph]["int8"]["method"].startswith("dynamic")
-    ops = {node.op_type for node in onnx.load(str(q / f"{graph}.onnx")).graph.node}
+    if arch == "lstm":  # not offered: measured to gain nothing (the LSTM op stays fp32, the head is tied)
+        assert cfg["int8"] == [] and "int8" not in cfg["graphs"]["rnn"]
+        return
+    assert cfg["int8"] == ["decoder"] and cfg["graphs"]["decoder"]["int8"]["method"].startswith("dynamic")
+    ops = {node.op_type for node in onnx.load(str(q / "decoder.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, ops
     text = load_export(q).generate("ROMEO:", max_new_tokens=50, temperature=0)
-    ref = load_export(out).generate("ROMEO:", max_new_tokens=50, temperature=0)
-    assert len(text) == len(ref) and sum(a == b for a, b in zip(text, ref)) >= 10  # same model, int8 weights
+    ref = load_export(out).generate("ROMEO:", max_new_tokens=50, temperature=0)  # same model, int8 weights
+    assert len(text) == len(ref) and sum(a == b for a, b in zip(text, ref)) >= 10
 
 
 def test_cli_samples_a_text_export(text_exported, tmp_path):

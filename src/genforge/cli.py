@@ -243,7 +243,7 @@ def export_run(
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
     graphs = ", ".join(g["file"] for g in config["graphs"].values())
     out.print(f"exported {config['family']} model ({config['name']}, step {config['provenance']['step']}) to {path}: "
-              f"{graphs}{' (int8: ' + ', '.join(config['int8']) + ')' if config.get('int8') else ''}; "
+              f"{graphs}{' (int8: ' + (', '.join(config['int8']) or 'none: not offered for this model') + ')' if 'int8' in config else ''}; "
               f"{size / 1e6:.1f} MB in all", soft_wrap=True)
 
 

@@ -49,7 +49,9 @@ class OnnxGraph:
     outputs: list[str]
     dynamic: dict[str, dict[int, str]] | None = None  # named dynamic dimensions per input; None: {0: "batch"} each
     may_be_empty: tuple[str, ...] = ()  # dynamic dimensions that can be 0 (a KV cache's past length)
-    int8: str = "static"  # how `export --int8` quantizes it: "static" (calibrated QDQ) or "dynamic" (weights only)
+    # how `export --int8` quantizes it: "static" (calibrated QDQ), "dynamic" (int8 weights) or None (not at all:
+    # measured to gain nothing)
+    int8: str | None = "static"
 
 
 class TrainingData(Protocol):
