@@ -218,7 +218,8 @@ def test_export_refuses_what_it_cannot_do(exported):
 def text_exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("text-export")
     out = {}
-    for arch, model in (("gpt", {}), ("lstm", {"architecture": "lstm", "n_layer": 2, "hidden": 32})):
+    for arch, model in (("gpt", {}), ("lstm", {"architecture": "lstm", "n_layer": 2, "hidden": 32}),
+                        ("gru", {"architecture": "gru", "n_layer": 1, "hidden": 32})):
         cfg = tiny_lm_config(max_steps=20, eval_every=None).model_dump()
         cfg["model"].update(model)
         run = train(validate(cfg), base / arch, progress=False).run_dir
@@ -249,7 +250,7 @@ def test_gpt_graph_with_past_matches_the_full_forward(text_exported, batch, past
     np.testing.assert_allclose(outs[0], ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+@pytest.mark.parametrize("arch", ["gpt", "lstm", "gru"])
 def test_exported_language_models_generate_as_pytorch_does(text_exported, arch):
     run, out = text_exported[arch]
     model, ex = genforge.load(run, precision="no"), load_export(out)
