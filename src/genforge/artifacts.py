@@ -21,7 +21,7 @@ from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.labels import label_index, label_indices
-from genforge.text_jobs import TextJob, run_jobs
+from genforge.text_jobs import TextJob, joined, run_jobs
 from genforge.files import atomic_write_text, save_tensors
 from genforge.methods import DataSpec, get_method
 
@@ -386,13 +386,8 @@ class TextGenerator(_Generator):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("Give at least one prompt.")
-        pieces = [[] for _ in prompts]
         jobs = self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)
-        for step in self.run(jobs, use_cache, dtype):
-            for row, piece in zip(pieces, step):
-                if piece:
-                    row.append(piece)
-        texts = ["".join(row) for row in pieces]
+        texts = joined(self.run(jobs, use_cache, dtype), len(prompts))
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,

@@ -111,3 +111,13 @@ def run_jobs(tokenizer: Tokenizer, jobs: list[TextJob], id_steps: IdSteps) -> It
     for b in range(len(jobs)):
         text[b] += decoders[b].flush()
     yield [take(b, final=True) for b in range(len(jobs))]
+
+
+def joined(steps: Iterator[list[str | None]], rows: int) -> list[str]:
+    """Each row's whole text from `run_jobs`' per-step pieces (what `generate` returns)."""
+    pieces: list[list[str]] = [[] for _ in range(rows)]
+    for step in steps:
+        for row, piece in zip(pieces, step):
+            if piece:
+                row.append(piece)
+    return ["".join(row) for row in pieces]

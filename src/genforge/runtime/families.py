@@ -6,6 +6,7 @@ path, whose generator differs; given the same drawn inputs, the outputs match it
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
@@ -16,7 +17,7 @@ from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
 Graph = Callable[..., np.ndarray]  # graph(**inputs) -> the graph's first output
 
 
-class Family:
+class Family(ABC):
     """Draws a batch's random inputs and renders them (float NCHW in [-1, 1]) with the export's graphs."""
 
     def __init__(self, config: dict, graphs: dict[str, Graph]):
@@ -28,11 +29,13 @@ class Family:
             return {}
         return {"labels": (np.arange(n) % self.num_classes if labels is None else np.asarray(labels)).astype(np.int64)}
 
+    @abstractmethod
     def draw(self, n: int, labels, rng: np.random.Generator, **options) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Every random input of n samples, from `rng`."""
 
+    @abstractmethod
     def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
-        raise NotImplementedError
+        """Images from drawn inputs, deterministically."""
 
     def network_calls(self, n: int, **options) -> int:
         return n

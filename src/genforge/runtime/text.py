@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from genforge.errors import UserError
-from genforge.text_jobs import TextJob, check_sampling_args, run_jobs
+from genforge.text_jobs import TextJob, check_sampling_args, joined, run_jobs
 
 
 class _GPTRow:
@@ -157,12 +157,7 @@ class ExportedTextModel:
                  stop: list[str] | str | None = None) -> str | list[str]:
         """Continue `prompt` (or each prompt of a list) by up to `max_new_tokens` tokens; only the new text."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        pieces = [[] for _ in prompts]
-        for step in self.run(self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)):
-            for row, piece in zip(pieces, step):
-                if piece:
-                    row.append(piece)
-        texts = ["".join(row) for row in pieces]
+        texts = joined(self.run(self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)), len(prompts))
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
