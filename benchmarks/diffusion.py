@@ -120,6 +120,28 @@ def guidance(args) -> list[dict]:
     return rows
 
 
+def speed(args) -> list[dict]:
+    """Images/s of each sampler on an idle box: one timed batch after one warm-up call (quality rows from lanes
+    that share the cores carry slower rates)."""
+    import genforge
+
+    model = genforge.load(args.run, select="last", precision="no")
+    rows = []
+    for spec in args.rows.split(","):
+        sampler, steps = spec.split(":")
+        n = args.n_slow if sampler == "ddpm" or int(steps) > 100 else args.n
+        options = {"sampler": sampler, "steps": int(steps)}
+        model.generate(2, seed=args.seed, batch_size=2, sampler="ddim", steps=1)
+        t = time.perf_counter()
+        model.generate(n, seed=args.seed, batch_size=n, **options)
+        seconds = time.perf_counter() - t
+        row = {"sampler": sampler, "steps": int(steps), "n": n, "seconds": round(seconds, 2),
+               "images_per_sec": round(n / seconds, 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def score_one(args) -> list[dict]:
     options = {"sampler": args.sampler, "steps": args.steps} if args.sampler else {}
     row = {"name": args.name, "run": str(args.run), "options": options, **score(args.run, args.n, options, args)}
@@ -157,6 +179,11 @@ def main() -> None:
     g.add_argument("--sampler", default=None)
     g.add_argument("--steps", type=int, default=0)
     g.add_argument("--n", type=int, default=2000)
+    t = sub.add_parser("speed", help="images/s per sampler on an idle box (no FID)")
+    t.add_argument("--run", type=Path, required=True)
+    t.add_argument("--rows", default="ddpm:1000,ddim:50,ddim:20,ddim:10,dpmpp2m:20,dpmpp2m:10,unipc:20,unipc:10")
+    t.add_argument("--n", type=int, default=100, help="images in the timed batch")
+    t.add_argument("--n-slow", type=int, default=10, help="images in the timed batch of DDPM-1000")
     c = sub.add_parser("score", help="one run at its default (or a given) sampler")
     c.add_argument("--run", type=Path, required=True)
     c.add_argument("--name", required=True)
@@ -169,7 +196,8 @@ def main() -> None:
     path = Path(args.json or HERE / f"diffusion-{cpu_kind()}.json")
     results = json.loads(path.read_text()) if path.exists() else {}
     t = time.perf_counter()
-    rows = {"samplers": samplers, "objectives": objectives, "guidance": guidance, "score": score_one}[args.what](args)
+    rows = {"samplers": samplers, "objectives": objectives, "guidance": guidance, "score": score_one,
+            "speed": speed}[args.what](args)
     entry = {"command": "python benchmarks/diffusion.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
              "cpu": cpu_kind(), "seconds": round(time.perf_counter() - t, 1), "rows": rows}
     key = args.what if args.what != "score" else f"score-{args.name}"
