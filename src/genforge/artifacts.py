@@ -21,6 +21,7 @@ from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.labels import label_index, label_indices
+from genforge.marking import Marking
 from genforge.text_jobs import TextJob, joined, run_jobs
 from genforge.files import atomic_write_text, save_tensors
 from genforge.methods import DataSpec, get_method
@@ -57,7 +58,7 @@ def _network_shapes(net: torch.nn.Module) -> list:
     return [[k, list(p.shape)] for k, p in net.named_parameters()]
 
 
-class _Generator(ABC):
+class _Generator(Marking, ABC):
     """What image and text generators share: the precision generation runs in, chosen at load time.
 
     `auto` times one unit of generation (a batch of images, a short run of decode steps) in each
@@ -82,6 +83,9 @@ class _Generator(ABC):
 
     def _autocast(self, dtype: torch.dtype | None):
         return prec.autocast(self.device.type, dtype)
+
+    def _weights_path(self) -> Path:
+        return self.run_dir / self.weights_file
 
 
 @dataclass
@@ -221,11 +225,15 @@ class ImageGenerator(_Generator):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
         return self._render([job.drawn for job in jobs], jobs[0].options)
 
+    def _marked(self, images: np.ndarray) -> np.ndarray:
+        mark = self.image_mark
+        return mark.embed(images) if mark is not None else images
+
     def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
         drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
         with self._autocast(self.dtype):
             x = self.method.render(self.net, drawn, self.device, **options, **({"progress": progress} if progress else {}))
-        images = from_model_range(x.float()).cpu().numpy()
+        images = self._marked(from_model_range(x.float()).cpu().numpy())
         sizes = [len(next(iter(d.values()))) for d in draws]
         return np.split(images, np.cumsum(sizes)[:-1])
 
@@ -296,7 +304,7 @@ class ImageGenerator(_Generator):
         z = z.view(steps, *shape)
         label = self._labels(labels if labels is not None else None, 1)
         lab = label.repeat(steps) if label is not None else None
-        return from_model_range(self.method.decode(self.net, z, lab).float()).cpu().numpy()
+        return self._marked(from_model_range(self.method.decode(self.net, z, lab).float()).cpu().numpy())
 
     def save_grid(self, images: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
         from genforge.visual import save_grid
@@ -358,43 +366,49 @@ class TextGenerator(_Generator):
                 job.rng = torch.Generator().manual_seed(int(torch.seed() % 2**63))
         dtype = self.dtype if dtype is None else dtype
 
+        def bias(b: int, ids: list[int]):
+            mark = jobs[b].mark
+            return None if mark is None else mark.bias(ids)
+
         def id_steps(ids, should_stop, banned):
             return generate(self._net_in(dtype), ids, [j.max_new_tokens for j in jobs], [j.temperature for j in jobs],
                             [j.top_k for j in jobs], [j.top_p for j in jobs], generator=[j.rng for j in jobs],
-                            should_stop=should_stop, use_cache=use_cache, dtype=dtype, banned_ids=banned)
+                            should_stop=should_stop, use_cache=use_cache, dtype=dtype, banned_ids=banned,
+                            bias=bias if any(j.mark is not None for j in jobs) else None)
 
         yield from run_jobs(self.tokenizer, jobs, id_steps)
 
     def jobs(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None
-             ) -> list[TextJob]:
+             top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
+             mark: bool = True) -> list[TextJob]:
         """One job per prompt, sharing one generator seeded by `seed`: what `generate` runs, and what a
-        server request becomes."""
+        server request becomes. `mark`: the keyed text mark, when a key is set (`use_mark_key`)."""
         rng = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
-        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop, rng) for p in prompts]
+        text_mark = self.text_mark(self.tokenizer.vocab_size) if mark else None
+        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop, rng, mark=text_mark) for p in prompts]
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: list[str] | str | None = None, use_cache: bool = True,
-                 dtype: torch.dtype | None = None) -> str | list[str]:
+                 dtype: torch.dtype | None = None, mark: bool = True) -> str | list[str]:
         """Continue `prompt` (or each prompt of a list, batched) by up to `max_new_tokens` tokens.
 
         temperature 0 is greedy; top_k / top_p filter the distribution; the same seed gives the same text.
         Generation of a row ends at the first of its `stop` strings, which is left out of the result.
-        Returns only the new text, not the prompt.
+        Returns only the new text, not the prompt. `mark=False`: no text mark even when a key is set.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise UserError("Give at least one prompt.")
-        jobs = self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)
+        jobs = self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, mark)
         texts = joined(self.run(jobs, use_cache, dtype), len(prompts))
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
-               use_cache: bool = True, dtype: torch.dtype | None = None) -> Iterator[str]:
+               use_cache: bool = True, dtype: torch.dtype | None = None, mark: bool = True) -> Iterator[str]:
         """Like `generate` for one prompt, yielding text pieces as they are produced."""
-        jobs = self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop)
+        jobs = self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, mark)
         for (piece,) in self.run(jobs, use_cache, dtype):
             if piece:
                 yield piece

@@ -135,17 +135,26 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic (default) .. 1 as noisy as DDPM."),
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    fmt: str = typer.Option("png", "--format", help="Images written to a folder: png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp)."),
+    quality: int = typer.Option(95, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless)."),
+    mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
+    no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
+    no_metadata: bool = typer.Option(False, "--no-metadata", help="Write files without provenance metadata (XMP, sidecar) or C2PA manifest."),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain (signer first) for a C2PA manifest in every image; needs --sign-key and the provenance extra."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256, P-256) of --sign-cert."),
 ):
     """Generate images or text from a trained run.
 
     Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
     VAE's prior; --sampler, --steps, --eta and --guidance choose how a diffusion model samples;
     --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options.
-    An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported."""
-    import numpy as np
+    An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported.
 
+    Every file carries its provenance (IPTC DigitalSourceType trainedAlgorithmicMedia in XMP for images, a
+    .json sidecar for text: model, weights hash, seed, options), and, with a mark key, an invisible keyed mark
+    that `genforge verify --key` finds after the metadata is stripped; --sign-cert/--sign-key add a signed C2PA
+    manifest."""
     from genforge.runtime import is_export
-    from genforge.visual import save_grid, to_pil
 
     exported = is_export(run_dir)
     if exported:
@@ -160,6 +169,12 @@ def sample(
         from genforge import load
 
         model = load(run_dir, select=select, precision=precision)
+    model.use_mark_key(False if no_mark else mark_key)
+    signer = _signer(sign_cert, sign_key, no_metadata)
+    if model.mark_key is None and not no_mark:
+        err.print("note: no mark key, so the outputs carry metadata but no invisible mark; set --mark-key or "
+                  "GENFORGE_MARK_KEY_FILE (create a key with `genforge keygen KEYFILE`), or pass --no-mark.",
+                  highlight=False, soft_wrap=True)
     text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
     if model.modality == "text":
@@ -169,7 +184,7 @@ def sample(
             raise UserError(f"{', '.join(misused)} applies to image models; {run_dir} is a text model. "
                             "Use --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --stop.")
         _sample_text(model, n or 1, out_arg, prompt if prompt is not None else "\n", max_new_tokens or 500,
-                     0.8 if temperature is None else temperature, top_k, top_p, seed, stop)
+                     0.8 if temperature is None else temperature, top_k, top_p, seed, stop, not no_metadata)
         return
     family_opts = {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
     image_opts = {k: v for k, v in family_opts.items() if k in model.options() and v is not None}
@@ -187,8 +202,13 @@ def sample(
     n = 64 if n is None else n
     out_path = Path(out_arg)  # kept as text first: Path() drops the trailing slash that means "a folder"
     as_dir = out_arg.endswith(("/", "\\")) or out_path.is_dir()
-    if not as_dir and out_path.suffix.lower() not in (".png", ".npy"):
-        raise UserError(f"--out must end in .png (grid), .npy (array) or / (one PNG per sample); got '{out_path}'.")
+    if not as_dir and out_path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".npy"):
+        raise UserError(f"--out must end in .png, .jpg or .webp (a grid), .npy (array) or / (one file per sample); "
+                        f"got '{out_path}'.")
+    if fmt.lower() not in ("png", "jpeg", "jpg", "webp"):
+        raise UserError(f"--format must be png, jpeg or webp; got '{fmt}'.")
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality must be 1-100; got {quality}.")
     if interpolate:
         images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=walk_steps, labels=label, **image_opts)
         nrow = nrow or len(images)
@@ -199,18 +219,16 @@ def sample(
         if images is None:  # another process of `accelerate launch` writes them
             _leave_distributed()
             return
-    if as_dir:
-        out_path.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            to_pil(img).save(out_path / f"{i:05d}.png")
-        out.print(f"wrote {len(images)} PNGs to {out_path}")
-    elif out_path.suffix.lower() == ".npy":
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out_path, images)
-        out.print(f"wrote {out_path} {images.shape} uint8")
-    else:
-        save_grid(images, out_path, nrow)
-        out.print(f"wrote {out_path} ({len(images)} images)")
+    from genforge.media import write_images
+
+    params = {"n": n, "labels": label, **image_opts}
+    if interpolate:
+        params.update(interpolate=list(interpolate), walk_steps=walk_steps)
+    record = None if no_metadata else model.record(seed, **params)
+    try:
+        out.print(write_images(images, out_arg, record, nrow, signer, fmt, quality), highlight=False, soft_wrap=True)
+    except ValueError as e:  # a bad --out or a certificate c2pa refuses
+        raise UserError(str(e)) from None
     _leave_distributed()
 
 
@@ -281,7 +299,7 @@ def _walk_end(model, end: str):
     h, w, c = model.image_shape
     images, _, notes = read_images(Path(end), h, w, c)
     for note in notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
     if len(images) != 1:
         raise UserError(f"--interpolate takes one image per end; {end} holds {len(images)}.")
     return images[0].numpy()
@@ -301,7 +319,8 @@ def reconstruct(
 
     from genforge import load
     from genforge.data.folder import read_images
-    from genforge.visual import save_grid, to_pil
+    from genforge.media import encode, save_grid
+    from genforge.media.images import FORMATS, _write
 
     model = load(run_dir, select=select, precision="no")
     if not hasattr(model, "reconstruct"):
@@ -309,24 +328,27 @@ def reconstruct(
     h, w, c = model.image_shape
     images, paths, notes = read_images(in_path, h, w, c)
     for note in notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {note}", highlight=False, soft_wrap=True)
     labels = label if label is not None else (0 if model.conditional else None)
     rec = model.reconstruct(images.numpy(), labels=labels)
     pairs = np.stack([images.numpy(), rec], 1).reshape(-1, h, w, c)
+    record = model.record(None, task="reconstruction", inputs=len(paths))
     if str(out_path).endswith(("/", "\\")) or out_path.is_dir():
         out_path.mkdir(parents=True, exist_ok=True)
         for p, pair in zip(paths, pairs.reshape(len(paths), 2, h, w, c)):
-            to_pil(np.concatenate(list(pair), axis=1)).save(out_path / f"{p.stem}-reconstruction.png")
+            _write(out_path / f"{p.stem}-reconstruction.png",
+                   encode(np.concatenate(list(pair), axis=1), "PNG", record.with_(parameters={"input": p.name})))
         out.print(f"wrote {len(paths)} input/reconstruction pairs to {out_path}")
         return
-    if out_path.suffix.lower() != ".png":
-        raise UserError(f"--out must end in .png (a grid) or / (one PNG per input); got '{out_path}'.")
-    save_grid(pairs, out_path, nrow=min(16, 2 * len(paths)))
+    if out_path.suffix.lower() not in FORMATS:
+        raise UserError(f"--out must end in .png, .jpg or .webp (a grid) or / (one PNG per input); got '{out_path}'.")
+    save_grid(pairs, out_path, nrow=min(16, 2 * len(paths)), record=record)
     out.print(f"wrote {out_path} ({len(paths)} input{'s' if len(paths) > 1 else ''}, each beside its reconstruction)")
 
 
-def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop) -> None:
-    """Print (one text: streamed as it is generated) or write `n` continuations of `prompt`, prompt included."""
+def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, metadata) -> None:
+    """Print (one text: streamed as it is generated) or write `n` continuations of `prompt`, prompt included;
+    a written file gets its provenance sidecar."""
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}.")
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -343,9 +365,102 @@ def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, 
     if out_arg is None:
         sys.stdout.write(joined)
         return
-    Path(out_arg).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_arg).write_text(joined, encoding="utf-8")
-    out.print(f"wrote {out_arg} ({n} text{'s' if n > 1 else ''})", highlight=False)
+    from genforge.media import write_text
+
+    record = model.record(seed, prompt=prompt, n=n, **{k: v for k, v in kwargs.items() if k != "seed"}) if metadata else None
+    out.print(write_text([joined], out_arg, record) + f" ({n} text{'s' if n > 1 else ''})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def keygen(
+    path: Path = typer.Argument(..., help="Where to write the new key file (never overwritten; readable by you only)."),
+):
+    """Create a secret key for the invisible marks. Keep it out of run directories and repositories; point
+    GENFORGE_MARK_KEY_FILE (or --mark-key) at it when sampling or serving, and `genforge verify --key` when checking.
+    Outputs name the key by its id (a hash), never the key itself."""
+    from genforge.media.watermark import KeyError_, new_key_file
+
+    try:
+        key = new_key_file(path)
+    except KeyError_ as e:
+        raise UserError(str(e)) from None
+    out.print(f"wrote {path} (key id {key.id})", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def verify(
+    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a text file, or text itself."),
+    key: List[Path] = typer.Option([], "--key", help="Mark key file to test (repeatable; default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Is this generated, by what, and has it been altered? Reports the provenance metadata (XMP or a text
+    sidecar), the C2PA manifest and whether its signature holds, and the invisible mark under each key (z-score,
+    p-value, key id).
+
+    Exit codes: 0 generated (a layer says so), 1 no provenance found, 3 a C2PA manifest that fails validation
+    (altered after signing), 2 a usage error."""
+    from genforge.media.watermark import KeyError_, read_key
+    from genforge.verification import verify as run_verify
+
+    try:
+        keys = [read_key(k) for k in key] if key else [k for k in [read_key()] if k is not None]
+    except KeyError_ as e:
+        raise UserError(str(e)) from None
+    report = run_verify(target, keys, model)
+    data = report.as_dict()
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        raise typer.Exit(report.verdict)
+    meta = data["metadata"]
+    out.print(f"{data['source']}: {data['verdict']}", highlight=False, soft_wrap=True)
+    if meta:
+        source = meta.get("digital_source_type", "?")
+        out.print(f"  metadata: {source.rsplit('/', 1)[-1]}; model {meta.get('model', '?')} {meta.get('model_hash', '')[:19]}; "
+                  f"genforge {meta.get('version', '?')}; created {meta.get('created', '?')}; seed {meta.get('seed')}; "
+                  f"mark key {meta.get('mark') or 'none'}", highlight=False, soft_wrap=True)
+    else:
+        out.print("  metadata: none", highlight=False, soft_wrap=True)
+    c2 = data["c2pa"]
+    if c2:
+        extra = [f for f in c2["failures"] if f != "signingCredential.untrusted"]
+        trust = " (certificate not in a trust list)" if "signingCredential.untrusted" in c2["failures"] else ""
+        out.print(f"  C2PA: {c2['state']}{trust}; created as {str(c2['source_type']).rsplit('/', 1)[-1]}"
+                  + (f"; failures: {', '.join(extra)}" if extra else ""), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"  C2PA: {data['c2pa_note'] or 'none'}", highlight=False, soft_wrap=True)
+    for m in data["marks"]:
+        if "tiles" in m:
+            out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'} in "
+                      f"{m['tiles_detected']} of {m['tiles']} grid tiles (median z {m['z_median']})", highlight=False, soft_wrap=True)
+        else:
+            where = f", {m['tokens_scored']} tokens scored" if "tokens_scored" in m else f", view {m.get('view')}"
+            out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'}: z {m['z']}, "
+                      f"p {m['p_value']:.2g}{where}", highlight=False, soft_wrap=True)
+    for note in data["notes"]:
+        out.print(f"  note: {note}", highlight=False, soft_wrap=True)
+    raise typer.Exit(report.verdict)
+
+
+def _signer(cert: Path | None, key: Path | None, no_metadata: bool):
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UserError("C2PA signing needs both --sign-cert (PEM chain) and --sign-key (PEM private key).")
+    if no_metadata:
+        raise UserError("--sign-cert/--sign-key sign the provenance that --no-metadata leaves out; drop one of them.")
+    from genforge.media import Signer
+
+    try:
+        import c2pa  # noqa: F401
+    except ImportError:
+        raise UserError("C2PA signing needs c2pa-python: pip install 'genforge[provenance]'.") from None
+    try:
+        return Signer.from_files(cert, key)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 @app.command()
@@ -489,7 +604,7 @@ def eval_run(
     if report is None:  # a helper process under `accelerate launch`: rank 0 scores and prints
         _leave_distributed()
         return
-    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False)
+    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False, soft_wrap=True)
     table = Table("metric", "value", "better", box=None)
     for name, value in report["metrics"].items():
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO.get(name, ("", ""))[1])
@@ -499,8 +614,8 @@ def eval_run(
     out.print(table)
     counts = report["details"].get("class_counts")
     if counts:
-        out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False)
-    out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False)
+        out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
+    out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False, soft_wrap=True)
     _leave_distributed()
 
 
@@ -521,7 +636,7 @@ def evaluator_train(
     ev = train_evaluator(dataset, data_dir, epochs=epochs, force=force, progress=not no_progress)
     t = ev.config["training"]
     out.print(f"{ev.id}: test accuracy {ev.test_accuracy:.2%} ({t['epochs_done']} epochs, {t['seconds']} s on "
-              f"{t['device']}, {t['precision']}) in {ev.directory}", highlight=False)
+              f"{t['device']}, {t['precision']}) in {ev.directory}", highlight=False, soft_wrap=True)
     if cached:
         out.print("already trained (cached); --force trains it again")
 
@@ -552,6 +667,10 @@ def serve(
                                                "(replicas are stateless: any balancer can front several machines)."),
     precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
+    mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible marks on every image and text (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
+    no_mark: bool = typer.Option(False, "--no-mark", help="Serve without the invisible marks even when a key is set."),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain for a C2PA manifest in every image (with --sign-key)."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256) of --sign-cert."),
 ) -> None:
     """Serve trained runs over HTTP with an OpenAI-compatible API and a web playground.
 
@@ -568,9 +687,20 @@ def serve(
                         "'genforge[serve]'.") from None
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key_file and not os.environ.get("GENFORGE_API_KEYS"):
         err.print(f"[yellow]warning:[/] serving on {host} without API keys: anyone who can reach this port can "
-                  "use the models. Set --api-key-file.", highlight=False)
+                  "use the models. Set --api-key-file.", highlight=False, soft_wrap=True)
+    _signer(sign_cert, sign_key, False)  # checked here: a bad certificate is a startup error, not a 500 later
+    if mark_key is not None:
+        from genforge.media.watermark import KEY_FILE_ENV, KeyError_, read_key
+
+        try:
+            read_key(mark_key)
+        except KeyError_ as e:
+            raise UserError(str(e)) from None
+        os.environ[KEY_FILE_ENV] = str(mark_key.resolve())  # the worker processes read it too
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
-                             max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls)
+                             max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls,
+                             mark=not no_mark, sign_cert=str(sign_cert) if sign_cert else None,
+                             sign_key=str(sign_key) if sign_key else None)
     run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,
                api_key_file=str(api_key_file) if api_key_file else None, log_level=log_level)
 

@@ -31,6 +31,7 @@ class TextJob:
     stop: list[str] | str | None = None
     rng: Any = None
     cancelled: Callable[[], bool] | None = None  # polled after each token; True ends the row
+    mark: Any = None  # a media.watermark.TextMark biasing this row's logits, or None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None

@@ -1,43 +1,12 @@
-"""Pictures a person looks at: sample grids and loss curves."""
+"""Pictures a person looks at: sample grids (written by media/) and loss curves."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from genforge.media.images import make_grid, save_grid, to_pil
 
-
-def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 (N, H, W, C) -> one uint8 (H', W', C) image, `nrow` images per row, `pad` pixels of gap."""
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (N, H, W, C), got {images.shape}")
-    n, h, w, c = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = img
-    return grid
-
-
-def to_pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Write a PNG grid of uint8 (N, H, W, C) images; `scale` enlarges small images for viewing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil = to_pil(make_grid(images, nrow))
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    pil.save(path)
-    return path
+__all__ = ["make_grid", "save_grid", "to_pil", "save_loss_plot"]
 
 
 def save_loss_plot(records: list[dict], path: str | Path, keys: list[str] | None = None) -> Path | None:

@@ -1,6 +1,10 @@
-"""The one place where generated arrays become files or bytes (numpy + Pillow only; no torch, nothing
-else from genforge), so that provenance and marks, when they come, are added in one place."""
+"""The one place where generated arrays become files or bytes, with their provenance (XMP, C2PA) and keyed marks
+(numpy + Pillow only; no torch, nothing else from genforge)."""
 
-from genforge.media.images import png_bytes
+from genforge.media.images import decode, encode, png_bytes, save_grid, write_images
+from genforge.media.provenance import SOURCE_TYPE, Record, Signer
+from genforge.media.text import write_text
+from genforge.media.watermark import ImageMark, MarkKey, TextMark, read_key
 
-__all__ = ["png_bytes"]
+__all__ = ["decode", "encode", "png_bytes", "save_grid", "write_images", "SOURCE_TYPE", "Record", "Signer",
+           "write_text", "ImageMark", "MarkKey", "TextMark", "read_key"]

@@ -115,7 +115,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              stop_ids: Iterable[int] = (), should_stop: Callable[[int, list[int]], bool] | None = None,
              use_cache: bool = True, dtype: torch.dtype | None = None,
-             banned_ids: Iterable[int] = ()) -> Iterator[list[int | None]]:
+             banned_ids: Iterable[int] = (), bias: Callable[[int, list[int]], object] | None = None
+             ) -> Iterator[list[int | None]]:
     """Continue each prompt (a batch; lengths may differ), yielding one list of new ids per step, one
     entry per row, so a caller can stream text as it is produced.
 
@@ -136,6 +137,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     copy lives as long as this generator; to sample many times, cast the model once yourself instead.
     bf16 pays off for large models, whose decoding reads all weights per token (GPT-2 small on CPU:
     ~1.5x); tiny models are faster in float32.
+
+    `bias(row, ids)` -> a float array (vocab,) or None: added to that row's logits before sampling, with `ids`
+    the row's prompt and generated ids so far (the keyed text mark's green list).
     """
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
         raise UserError("prompts must be a list of token-id lists, one per row. Fix: wrap a single prompt "
@@ -148,7 +152,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         check_sampling_args(t, k, p)
     return _generate(model, [list(p) for p in prompts], rows if rows[-1] is not None else None,
                      max_new_tokens, temperature, top_k, top_p, generator,
-                     set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)))
+                     set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)), bias)
 
 
 def _per_row(n: int, *values) -> list:
@@ -163,7 +167,7 @@ def _per_row(n: int, *values) -> list:
 
 
 def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
-              use_cache, dtype, banned_ids):
+              use_cache, dtype, banned_ids, bias=None):
     limits = per_row[4] if per_row else [max_new_tokens] * len(prompts)
     if max(limits) <= 0:
         return
@@ -194,12 +198,16 @@ def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p
         done = [limit <= 0 for limit in limits]
         total = max(limits)
         for step in range(total):
+            logits = session.logits
+            if bias is not None:
+                logits = _biased(logits, [None if done[b] else bias(b, prompts[b] + generated[b])
+                                          for b in range(len(prompts))])
             with mode():
                 if per_row:
-                    next_ids = select_next_rows(session.logits, per_row[0], per_row[1], per_row[2], per_row[3],
+                    next_ids = select_next_rows(logits, per_row[0], per_row[1], per_row[2], per_row[3],
                                                 banned, [not d for d in done])
                 else:
-                    next_ids = select_next(session.logits, temperature, top_k, top_p, generator, banned).tolist()
+                    next_ids = select_next(logits, temperature, top_k, top_p, generator, banned).tolist()
             out: list[int | None] = []
             for b, t in enumerate(next_ids):
                 if done[b] or t in stop:
@@ -220,6 +228,17 @@ def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p
                     session.push(next_ids)
     finally:
         model.train(was_training)
+
+
+def _biased(logits: torch.Tensor, rows: list) -> torch.Tensor:
+    """logits (B, V) plus each row's bias (a float array of at most V entries, or None)."""
+    if all(r is None for r in rows):
+        return logits
+    add = torch.zeros(logits.shape, dtype=torch.float32)
+    for b, r in enumerate(rows):
+        if r is not None:
+            add[b, :len(r)] = torch.as_tensor(r, dtype=torch.float32)
+    return logits.float() + add.to(logits.device)
 
 
 def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from genforge.errors import UserError
 from genforge.labels import label_indices
+from genforge.marking import ExportedMarking
 from genforge.options import SampleOption
 from genforge.runtime.families import FAMILIES
 
@@ -23,7 +24,7 @@ class ImageJob:
     calls: int = 0
 
 
-class ExportedImageModel:
+class ExportedImageModel(ExportedMarking):
     modality = "image"
 
     def __init__(self, path: Path, config: dict, sessions: dict):
@@ -63,7 +64,8 @@ class ExportedImageModel:
     def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
         """uint8 (N, H, W, C) images from drawn inputs (the parity tests pass the torch path's noise here)."""
         x = self.family.render(drawn, progress, **self._options(options))
-        return _to_uint8(x)
+        images, mark = _to_uint8(x), self.image_mark
+        return mark.embed(images) if mark is not None else images
 
     def network_calls(self, n: int, **options) -> int:
         return self.family.network_calls(n, **self._options(options))

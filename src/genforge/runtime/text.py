@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from genforge.errors import UserError
+from genforge.marking import ExportedMarking
 from genforge.text_jobs import TextJob, check_sampling_args, joined, run_jobs
 
 
@@ -97,7 +98,7 @@ def _select(logits: np.ndarray, temperature: float, top_k: int | None, top_p: fl
     return int(min(np.sum(cdf < (1.0 - u) * cdf[-1]), len(cdf) - 1))
 
 
-class ExportedTextModel:
+class ExportedTextModel(ExportedMarking):
     modality = "text"
 
     def __init__(self, path, config: dict, sessions: dict, tokenizer):
@@ -124,6 +125,10 @@ class ExportedTextModel:
                         out.append(None)
                         continue
                     logits = row.logits.copy()
+                    if job.mark is not None:
+                        add = job.mark.bias(prompts[b] + generated[b])
+                        if add is not None:
+                            logits[:len(add)] += add
                     logits[banned] = -np.inf
                     t = _select(logits, job.temperature, job.top_k, job.top_p, job.rng)
                     generated[b].append(t)
@@ -141,11 +146,13 @@ class ExportedTextModel:
         return id_steps
 
     def jobs(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None) -> list[TextJob]:
-        """One job per prompt, sharing one numpy generator seeded by `seed`."""
+             top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
+             mark: bool = True) -> list[TextJob]:
+        """One job per prompt, sharing one numpy generator seeded by `seed`; `mark` as in `genforge.load`'s."""
         check_sampling_args(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
-        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop, rng) for p in prompts]
+        text_mark = self.text_mark(self.tokenizer.vocab_size) if mark else None
+        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop, rng, mark=text_mark) for p in prompts]
 
     def run(self, jobs: list[TextJob]) -> Iterator[list[str | None]]:
         if not jobs:
@@ -154,15 +161,17 @@ class ExportedTextModel:
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: list[str] | str | None = None) -> str | list[str]:
+                 stop: list[str] | str | None = None, mark: bool = True) -> str | list[str]:
         """Continue `prompt` (or each prompt of a list) by up to `max_new_tokens` tokens; only the new text."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        texts = joined(self.run(self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop)), len(prompts))
+        texts = joined(self.run(self.jobs(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, mark)),
+                       len(prompts))
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
+               top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
+               mark: bool = True) -> Iterator[str]:
         """Like `generate` for one prompt, yielding text pieces as they are produced."""
-        for (piece,) in self.run(self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop)):
+        for (piece,) in self.run(self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, mark)):
             if piece:
                 yield piece

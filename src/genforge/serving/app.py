@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.text_jobs import TextJob
 from genforge.errors import UserError
-from genforge.media import png_bytes
+from genforge.media import Signer, encode
 from genforge.serving import protocol as p
 from genforge.serving.auth import authorized
 from genforge.serving.batching import Batcher, Pending, QueueFull
@@ -56,6 +56,9 @@ class ServeSettings:
     max_stop: int = 4
     max_stop_chars: int = 64
     api_keys: list[str] = field(default_factory=list)
+    mark: bool = True  # the keyed marks, when a key is set ($GENFORGE_MARK_KEY_FILE / $GENFORGE_MARK_KEY)
+    sign_cert: str | None = None  # PEM chain and key for a C2PA manifest in every image
+    sign_key: str | None = None
 
 
 class ApiError(Exception):
@@ -172,6 +175,10 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
     """The server for already loaded generators ({name: ImageGenerator | TextGenerator})."""
     s = settings or ServeSettings()
     metrics = Metrics()
+    if not s.mark:
+        for gen in models.values():
+            gen.use_mark_key(False)
+    signer = Signer.from_files(s.sign_cert, s.sign_key) if s.sign_cert and s.sign_key else None
     created = int(time.time())
     state = {"ready": False, "draining": False}
     batchers: dict[str, Batcher] = {}
@@ -318,8 +325,10 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
         pending = Pending(jobs=[], rows=len(prompts) * req.n, key="text")
         rng = torch.Generator().manual_seed(seed)
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        text_mark = gen.text_mark(gen.tokenizer.vocab_size) if req.mark else None
         pending.jobs = [TextJob(prompt, req.max_tokens, req.temperature, req.top_k,
-                                None if req.top_p >= 1.0 else req.top_p, stop, rng, lambda: pending.cancelled)
+                                None if req.top_p >= 1.0 else req.top_p, stop, rng, lambda: pending.cancelled,
+                                mark=text_mark)
                         for prompt in prompts for _ in range(req.n)]
         deadline = asyncio.get_running_loop().time() + s.timeout_s
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
@@ -343,7 +352,9 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
         choices = [p.CompletionChoice(index=i, text=(job.prompt if req.echo else "") + texts[i],
                                       finish_reason="stop" if job.finish_reason == "stop" else "length")
                    for i, job in enumerate(pending.jobs)]
-        return p.CompletionResponse(id=rid, model=req.model, choices=choices, usage=usage)
+        record = gen.record(seed, marked=text_mark is not None, max_tokens=req.max_tokens, temperature=req.temperature,
+                            top_k=req.top_k, top_p=req.top_p, n=req.n, stop=stop or None)
+        return p.CompletionResponse(id=rid, model=req.model, choices=choices, usage=usage, provenance=record.as_dict())
 
     def _usage(jobs: list[TextJob], n: int, model: str) -> p.Usage:
         prompt = sum(job.prompt_tokens for job in jobs[::n])  # each prompt counted once, as OpenAI does
@@ -461,11 +472,11 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
             else:
                 break
         metrics.images.labels(req.model).inc(len(result))
-        text = {"Software": "genforge", "genforge-model": req.model}
-        if req.seed is not None:
-            text["genforge-seed"] = str(req.seed)
-        return p.ImageResponse(data=[p.ImageData(b64_json=base64.b64encode(png_bytes(img, text)).decode())
-                                     for img in result])
+        record = gen.record(req.seed, label=label, n=req.n, **job.options)
+        fmt = req.output_format.upper()
+        return p.ImageResponse(data=[p.ImageData(b64_json=base64.b64encode(
+            encode(img, fmt, record.with_(parameters={**record.parameters, "index": i}), signer)).decode())
+            for i, img in enumerate(result)])
 
     _accurate_openapi(app)
     app.add_middleware(Observe, metrics=metrics)

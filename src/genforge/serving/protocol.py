@@ -87,6 +87,8 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = Field(0.0, description="Only 0 is supported.")
     frequency_penalty: float = Field(0.0, description="Only 0 is supported.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent.")
+    mark: bool = Field(True, description="Extension: the keyed text mark, when the server has a mark key; false "
+                                         "leaves it out of this request's text.")
 
 
 class CompletionChoice(BaseModel):
@@ -109,6 +111,8 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    provenance: dict | None = Field(None, description="Extension: what made the text (IPTC digital source type, "
+                                                      "model and weights hash, seed, parameters, the mark's key id).")
 
 
 class ImageRequest(BaseModel):
@@ -123,7 +127,9 @@ class ImageRequest(BaseModel):
                                                  "class name picks the class (like `label`).")
     n: int = Field(1, ge=1, description="Images, at most the server's limit.")
     size: str | None = Field(None, description="Must be the model's own size, e.g. '28x28' (or absent).")
-    response_format: Literal["b64_json", "url"] = Field("b64_json", description="Only b64_json (PNG) is served.")
+    response_format: Literal["b64_json", "url"] = Field("b64_json", description="Only b64_json is served.")
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of each image; every format "
+                                                          "carries the provenance as XMP.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="The same seed gives the same images.")
     label: int | str | None = Field(None, description="Class index or name, for class-conditional models.")
     quality: str | None = None
