@@ -323,3 +323,73 @@ def test_verify_explains_bad_input(tmp_path, keyfile):
     assert result.exit_code != 0 and "genforge keygen" in result.output
     text = runner.invoke(app, ["verify", "some words typed by a person", "--key", str(keyfile)])
     assert text.exit_code == 1 and "--model" in text.output
+
+
+class _CopyingModel:
+    """A stand-in image model whose first draw returns training images (mnist-mini's) mixed with fresh ones: what
+    `--drop-copies` must catch. Later draws return fresh images only."""
+
+    meta = {"data": {"dataset": "mnist-mini"}, "family": "gan", "name": "copier"}
+    classes: list = []
+    conditional = False
+    image_shape = (28, 28, 1)
+
+    def __init__(self, train_images, fresh):
+        self.train, self.fresh, self.calls, self.key = train_images, fresh, 0, None
+
+    @property
+    def mark_key(self):
+        return self.key
+
+    def use_mark_key(self, key):
+        self.key = key or None
+
+    def generate(self, n, seed=None, labels=None, progress=None):
+        self.calls += 1
+        if self.calls == 1:
+            return np.concatenate([self.train[: n // 2], self.fresh[: n - n // 2]])
+        return self.fresh[-n:]
+
+
+@pytest.fixture(scope="module")
+def evaluator_env(tmp_path_factory):
+    """A short mnist evaluator (mnist-mini runs use it) in its own root."""
+    from genforge.evaluation import train_evaluator
+
+    root = tmp_path_factory.mktemp("evaluators")
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    train_evaluator("mnist", data, root=root, max_steps=60, device="cpu")
+    return root, data
+
+
+def test_filters_drop_copies_redraw_and_say_when_they_fall_short(evaluator_env, digits, monkeypatch):
+    from genforge.filters import Filters, generate_filtered
+
+    root, data = evaluator_env
+    monkeypatch.setenv("GENFORGE_EVALUATORS", str(root))
+    rng = np.random.default_rng(0)
+    fresh = np.clip(digits[:40].astype(int)[:, ::-1] + rng.integers(-60, 60, digits[:40].shape), 0, 255).astype(np.uint8)
+    model = _CopyingModel(digits, fresh)  # mnist-mini's images are the training split of its domain
+    images, reports = generate_filtered(model, 20, Filters(drop_copies=True), seed=0, data_dir=data)
+    summary = next(r for r in reports if r["filter"] == "summary")
+    dropped = next(r for r in reports if r["filter"] == "drop_copies")["dropped"]
+    assert dropped >= 9 and summary["returned"] == 20 and summary["generated"] == 20 + dropped
+    assert not any(any(np.array_equal(img, d) for d in digits[:10]) for img in images)
+    model = _CopyingModel(digits, fresh)
+    images, reports = generate_filtered(model, 20, Filters(min_confidence=0.999999, max_rounds=2), seed=0,
+                                        data_dir=data)
+    summary = next(r for r in reports if r["filter"] == "summary")
+    assert summary["returned"] == len(images) < 20 and summary["rounds"] == 2  # short, and says so
+
+
+def test_resize_filter_marks_after_resizing(runs, tmp_path, keyfile):
+    out = tmp_path / "big"
+    result = runner.invoke(app, ["sample", str(runs["gan"]), "--n", "3", "--out", f"{out}/", "--resize", "112",
+                                 "--mark-key", str(keyfile)])
+    assert result.exit_code == 0, result.output
+    pixels, xmp, _ = decode((out / "00000.png").read_bytes())
+    assert pixels.shape == (112, 112, 1)
+    assert parse_xmp(xmp)["filters"] == [{"filter": "resize", "method": "lanczos", "size": [112, 112]}]
+    assert ImageMark(KEY).detect(pixels)["detected"]
+    bad = runner.invoke(app, ["sample", str(runs["gan"]), "--out", str(tmp_path / "x.png"), "--min-confidence", "2"])
+    assert bad.exit_code != 0 and "(0, 1)" in bad.output

@@ -142,6 +142,10 @@ def sample(
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write files without provenance metadata (XMP, sidecar) or C2PA manifest."),
     sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain (signer first) for a C2PA manifest in every image; needs --sign-key and the provenance extra."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256, P-256) of --sign-cert."),
+    drop_copies: bool = typer.Option(False, "--drop-copies", help="Images: drop (and redraw) samples that are near-copies of training images (the memorization test of `genforge eval`, per sample)."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Images: drop (and redraw) samples the dataset's evaluator classifies with less than this probability (of the asked class, for conditional models), e.g. 0.9."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Images: resize for display (Lanczos) so the longer side has this many pixels; the mark is applied after resizing."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder, for --drop-copies and --min-confidence (the evaluator and training features)."),
 ):
     """Generate images or text from a trained run.
 
@@ -209,9 +213,26 @@ def sample(
         raise UserError(f"--format must be png, jpeg or webp; got '{fmt}'.")
     if not 1 <= quality <= 100:
         raise UserError(f"--quality must be 1-100; got {quality}.")
+    from genforge.filters import Filters
+
+    filters = Filters(drop_copies, min_confidence, resize)
+    filter_reports: list[dict] = []
+    if filters.active and (interpolate or exported):
+        raise UserError("--drop-copies, --min-confidence and --resize apply to sampling from a run directory "
+                        f"(not to {'--interpolate' if interpolate else 'an export, which runs without torch'}).")
     if interpolate:
         images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=walk_steps, labels=label, **image_opts)
         nrow = nrow or len(images)
+    elif filters.active:
+        from genforge.filters import generate_filtered
+
+        with _sampling_progress(not no_progress, n) as progress:
+            images, filter_reports = generate_filtered(model, n, filters, seed, label, data_dir, progress, **image_opts)
+        summary = next((r for r in filter_reports if r["filter"] == "summary"), None)
+        if summary and summary["returned"] < n:
+            err.print(f"[yellow]warning:[/] the filters kept {summary['returned']} of {n} images after "
+                      f"{summary['generated']} draws ({summary['rounds']} rounds); loosen --min-confidence or ask for "
+                      "fewer.", highlight=False, soft_wrap=True)
     else:
         with _sampling_progress(not no_progress and int(os.environ.get("RANK", "0")) == 0, n) as progress:
             generate = model.generate if exported else model.generate_across_processes
@@ -225,6 +246,8 @@ def sample(
     if interpolate:
         params.update(interpolate=list(interpolate), walk_steps=walk_steps)
     record = None if no_metadata else model.record(seed, **params)
+    if record is not None and filter_reports:
+        record.filters = filter_reports
     try:
         out.print(write_images(images, out_arg, record, nrow, signer, fmt, quality), highlight=False, soft_wrap=True)
     except ValueError as e:  # a bad --out or a certificate c2pa refuses
