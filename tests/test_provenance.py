@@ -3,8 +3,6 @@ text marks (found where applied, not elsewhere, not under another key), `genforg
 every output path (CLI, Python API, server, exported runtime) going through media/."""
 
 import base64
-import datetime as dt
-import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -18,7 +16,7 @@ import genforge
 from genforge.cli import app
 from genforge.data.loading import load_image_dataset
 from genforge.media import Record, decode, encode
-from genforge.media.provenance import SOURCE_TYPE, Signer, c2pa_read, parse_xmp, xmp_packet
+from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp, throwaway_certificate, xmp_packet
 from genforge.media.watermark import ImageMark, MarkKey, TextMark, jpeg_round_trip, psnr, read_key
 from genforge.tokenizers import train_tokenizer
 from genforge.training import train
@@ -78,47 +76,10 @@ def test_xmp_parser_refuses_what_is_not_a_packet():
     assert parse_xmp(b"<x:xmpmeta" + b" " * (2 << 20) + b"</x:xmpmeta>") is None
 
 
-def _test_chain():
-    """A root CA and an ES256 signing certificate, as C2PA requires them (key usage, emailProtection EKU, AKI)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def usage(ca):
-        return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                             data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                             encipher_only=False, decipher_only=False)
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("test root")).issuer_name(name("test root"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage(True), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(name("test signer")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(usage(False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    return Signer(cert.public_bytes(pem) + ca.public_bytes(pem),
-                  key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-
-
 @pytest.fixture(scope="module")
 def signer():
     pytest.importorskip("c2pa", reason="the provenance extra is installed by the test extra")
-    return _test_chain()
+    return throwaway_certificate()[0]
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])

@@ -398,12 +398,29 @@ def _sample_text(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, 
 @user_errors
 def keygen(
     path: Path = typer.Argument(..., help="Where to write the new key file (never overwritten; readable by you only)."),
+    test_certificate: Optional[Path] = typer.Option(None, "--test-certificate", help="Also write a throwaway C2PA test certificate chain and key into this folder (cert.pem, key.pem, root.pem): for trying --sign-cert/--sign-key; no trust list knows it."),
 ):
     """Create a secret key for the invisible marks. Keep it out of run directories and repositories; point
     GENFORGE_MARK_KEY_FILE (or --mark-key) at it when sampling or serving, and `genforge verify --key` when checking.
     Outputs name the key by its id (a hash), never the key itself."""
     from genforge.media.watermark import KeyError_, new_key_file
 
+    if test_certificate is not None:
+        try:
+            from genforge.media.provenance import throwaway_certificate as make_certificate
+
+            signer, root = make_certificate(days=365)
+        except ImportError:
+            raise UserError("--test-certificate needs cryptography: pip install 'genforge[provenance]'.") from None
+        test_certificate.mkdir(parents=True, exist_ok=True)
+        for name, data in (("cert.pem", signer.cert_chain), ("key.pem", signer.private_key), ("root.pem", root)):
+            if (test_certificate / name).exists():
+                raise UserError(f"{test_certificate / name} exists; choose an empty folder.")
+        for name, data in (("cert.pem", signer.cert_chain), ("key.pem", signer.private_key), ("root.pem", root)):
+            (test_certificate / name).write_bytes(data)
+        (test_certificate / "key.pem").chmod(0o600)
+        out.print(f"wrote a test certificate chain to {test_certificate} (cert.pem, key.pem, root.pem; untrusted)",
+                  highlight=False, soft_wrap=True)
     try:
         key = new_key_file(path)
     except KeyError_ as e:

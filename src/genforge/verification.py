@@ -53,7 +53,11 @@ class Report:
 def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) -> Report:
     """Verify a file path, or (when `target` is not a file) the text itself."""
     path = Path(target)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # text too long (or with NUL) to be a path
+        is_file = False
+    if is_file:
         data = path.read_bytes()
         try:
             pixels, xmp, fmt = decode(data)
