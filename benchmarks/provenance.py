@@ -115,8 +115,6 @@ def image_rows(name: str, run: str, args) -> dict:
 
 
 def text_rows(run: str, args) -> dict:
-    import torch
-
     import genforge
     from genforge.media.watermark import MarkKey, TextMark
 
@@ -132,18 +130,7 @@ def text_rows(run: str, args) -> dict:
                                mark=False)
         zm = [mark.score(tok.encode("\n" + t), start=1)["z"] for t in marked]
         zp = [mark.score(tok.encode("\n" + t), start=1)["z"] for t in plain]
-        nll = {}
-        for label, texts in (("marked", marked), ("unmarked", plain)):
-            total, count = 0.0, 0
-            with torch.no_grad():
-                for t in texts:  # the model's own cross-entropy of what it generated (one window: 201 <= block)
-                    ids = torch.tensor([tok.encode("\n" + t)])
-                    out = model.net(ids[:, :-1])
-                    logits = out[0] if isinstance(out, tuple) else out
-                    lp = torch.log_softmax(logits.float(), -1)[0, torch.arange(ids.size(1) - 1), ids[0, 1:]]
-                    total -= float(lp.sum())
-                    count += ids.size(1) - 1
-            nll[label] = total / count
+        nll = {label: _nll(model, tok, texts) for label, texts in (("marked", marked), ("unmarked", plain))}
         rows[f"temperature {temperature:g}"] = {
             "texts": args.n_text, "tokens": args.tokens,
             "share_z_over_4_marked": round(float(np.mean(np.asarray(zm) > 4)), 4),
@@ -162,6 +149,30 @@ def text_rows(run: str, args) -> dict:
                      "z_max": float(zh.max()), "z_mean": round(float(zh.mean()), 3), "z_std": round(float(zh.std()), 3)}
     print(json.dumps(rows["human"]), flush=True)
     return {"run": run, "mark": {"gamma": mark.gamma, "delta": mark.delta, "context": mark.context}, **rows}
+
+
+def _nll(model, tok, texts: list[str]) -> float:
+    """Mean cross-entropy (nats/token) of the texts under the model itself, in windows of its block size
+    stepped by half a block (each token predicted once, from at least half a block of context after the first)."""
+    import torch
+
+    rows = [tok.encode("\n" + t) for t in texts]
+    ids = torch.tensor([r[:min(map(len, rows))] for r in rows])  # equal lengths (no stop strings: nearly so)
+    block = getattr(getattr(model.net, "config", None), "block_size", None) or ids.size(1)
+    half = max(1, block // 2)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, ids.size(1) - 1, half):
+            out = model.net(ids[:, start:start + block])
+            logits = (out[0] if isinstance(out, tuple) else out).float()
+            targets = ids[:, start + 1:start + block + 1]
+            lp = torch.log_softmax(logits[:, :targets.size(1)], -1).gather(-1, targets[..., None])[..., 0]
+            first = 0 if start == 0 else half
+            total -= float(lp[:, first:].sum())
+            count += lp[:, first:].numel()
+            if start + block >= ids.size(1) - 1:
+                break
+    return total / count
 
 
 def main() -> None:

@@ -255,6 +255,54 @@ def sample(
     _leave_distributed()
 
 
+@app.command()
+@user_errors
+def tune(
+    preset: str = typer.Argument(..., help="Preset name or YAML config to tune (as `genforge train` takes)."),
+    space: Path = typer.Option(..., "--space", help="Search space YAML: config key -> {log_uniform: [a, b]}, {uniform: [a, b]}, {int: [a, b]}, {log_int: [a, b]} or {choice: [x, y, ...]}."),
+    trials: int = typer.Option(20, "--trials", help="Finished trials the study should hold (a restarted or shared study counts those it has)."),
+    out_dir: Path = typer.Option(Path("tune"), "--out", help="Study folder: trials/ (one run directory each), study.journal, trials.csv, best.yaml, history.png, importances.png."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Database URL to share the study across machines (postgresql://user:pw@host/db, sqlite:///x.db); default: a journal file in --out, safe for several processes on one machine."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the preset's name)."),
+    pruner: str = typer.Option("median", "--pruner", help="median (stop a trial worse than the median of earlier trials at the same step), hyperband or none."),
+    set_: List[str] = typer.Option([], "--set", help="Fix a config value for every trial, e.g. --set train.max_minutes=1 (trials then compete at equal time)."),
+    seed: int = typer.Option(0, help="Seed of the sampler: the same seed proposes the same trials."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
+) -> None:
+    """Search hyper-parameters with Optuna: each trial is a normal run directory trained with the preset plus the
+    trial's values, scored by its in-training evaluation (FID for images, validation loss for text; lower is
+    better), pruned early when it falls behind. Killing and restarting continues the study; several processes
+    (or machines, with --storage) share one. Writes the best configuration as a preset `genforge train` takes.
+    Needs the tune extra: pip install 'genforge[tune]'."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("`genforge tune` needs Optuna: pip install 'genforge[tune]'.") from None
+    from genforge.tuning import tune as run_tune
+
+    result = run_tune(preset, space, trials, out_dir, sets=set_, timeout=timeout, storage=storage, study_name=study,
+                      pruner=pruner, seed=seed, data_dir=data_dir,
+                      say=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    counts = {}
+    for r in result.trials:
+        counts[r["state"].lower()] = counts.get(r["state"].lower(), 0) + 1
+    out_lines = [f"study '{result.study}' in {result.storage}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    ranked = sorted((r for r in result.trials if r["state"] == "COMPLETE"), key=lambda r: r["value"])[:5]
+    for r in ranked:
+        out_lines.append(f"  trial {r['number']:>3}  {r['value']:.4g}  " + "  ".join(f"{k}={_short(v)}" for k, v in r["params"].items()))
+    if result.best_config:
+        out_lines.append(f"best: trial {result.best['number']} ({result.best['value']:.4g}); config {result.best_config} "
+                         f"(genforge train {result.best_config} --out RUN)")
+    out_lines.append(f"table: {out_dir / 'trials.csv'}" + (f"; plots: {', '.join(str(p) for p in result.plots)}" if result.plots else ""))
+    for line in out_lines:
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 @app.command("export")
 @user_errors
 def export_run(

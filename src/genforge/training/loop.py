@@ -45,6 +45,8 @@ class TrainResult:
     last_losses: dict[str, float]
     unit: str = "images"  # "images" or "tokens"
     precision: str = "no"  # the precision the run trained in ("no" = fp32, "bf16", "fp16")
+    best_score: float | None = None  # the best in-training evaluation (lower is better), if any ran
+    stopped: str | None = None  # why it ended before its last step: "time" (train.max_minutes) or "on_eval"
 
     @property
     def images_per_second(self) -> float:
@@ -68,13 +70,15 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, evaluate=None) -> TrainResult:
+          progress: bool = True, evaluate=None, on_eval=None) -> TrainResult:
     """Train `cfg` into `run_dir`.
 
     `evaluate(generate) -> float` (lower is better; e.g. genforge.evaluation.TrainingFID) is called every
     `train.eval_every` steps with `generate(n, rng) -> float NCHW images` from the exported network; the
     best-scoring weights are kept as `model-best.safetensors` beside the last ones. Methods that score
-    themselves (language models: validation loss) need no `evaluate`.
+    themselves (language models: validation loss) need no `evaluate`. `on_eval(step, score) -> bool` is called
+    on the main process after each evaluation; True stops training there, cleanly (weights and a checkpoint
+    written, `stopped="on_eval"`): what a tuner's pruner needs.
     """
     run_dir = Path(run_dir)
     tcfg = cfg.train
@@ -192,10 +196,10 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         sync_buffers()
         return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total, "best": best}, tcfg.keep_checkpoints)
 
-    def run_evaluation(at: int) -> None:
+    def run_evaluation(at: int) -> float | None:
         nonlocal best
         if not accelerator.is_main_process:
-            return
+            return None
         net = export_net(at)
 
         def generate(n: int, rng: torch.Generator) -> torch.Tensor:
@@ -217,6 +221,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         accelerator.log(scores, step=at)
+        return score
 
     reporter = ProgressReporter(enabled=progress and accelerator.is_main_process, total=total, start=step,
                                 unit=data.unit)
@@ -226,6 +231,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     t_start, step_start = t_last, step
     budget_s = tcfg.max_minutes * 60 if tcfg.max_minutes else None
     last_losses: dict[str, float] = {}
+    stopped = None
     for net in method.networks.values():
         net.train()
     with reporter, StopOnSignal(enabled=world == 1) as stop:
@@ -269,11 +275,21 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 write_samples(f"step-{step:08d}")
             if (evaluate is not None or self_scoring) and tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total
                                                                                or out_of_time):
-                run_evaluation(step)
+                score = run_evaluation(step)
+                halt = bool(on_eval(step, score)) if on_eval is not None and score is not None else False
+                if world > 1:
+                    from accelerate.utils import broadcast_object_list
+
+                    halt = broadcast_object_list([halt], from_process=0)[0]
                 accelerator.wait_for_everyone()
+                if halt and step < total:
+                    save(step)
+                    stopped = "on_eval"
+                    break
             if ckpt_now:
                 save(step)
             if out_of_time:
+                stopped = "time"
                 if progress and accelerator.is_main_process:
                     say(f"train.max_minutes={tcfg.max_minutes} reached at step {step} of {total}; "
                         f"continue with --resume")
@@ -297,7 +313,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, step, ips_total, last_losses, data.unit, verdict.used)
+    return TrainResult(run_dir, step, ips_total, last_losses, data.unit, verdict.used, best.get("score"), stopped)
 
 
 def _choose_precision(setting: str, run_dir: Path, resume: bool, method_cls, method_cfg, data, tcfg, total: int,
