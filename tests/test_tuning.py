@@ -202,3 +202,20 @@ def test_a_study_in_postgresql_is_shared_and_continued(preset, tmp_path, postgre
     assert "3 complete" in second.output and (tmp_path / "m2" / "best.yaml").is_file()
     bad = runner.invoke(app, ["tune", str(preset[0]), "--space", str(preset[1]), "--storage", "nonsense"])
     assert bad.exit_code != 0 and "database URL" in bad.output
+
+
+def test_a_trial_runs_under_accelerate_launch_with_rank_0_owning_the_study(preset, tmp_path):
+    """Two CPU processes (gloo): rank 0 asks Optuna, the other rank trains each trial with it (data-parallel)."""
+    from test_distributed import free_port
+
+    script = Path(sys.executable).with_name("genforge")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(script), "tune", str(preset[0]), "--space", str(preset[1]), "--trials", "2", "--out", str(tmp_path),
+           "--pruner", "none"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = _finished(tmp_path / "study.journal")
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], [(t.number, t.user_attrs) for t in trials]
+    assert len({t.user_attrs["pid"] for t in trials}) == 1  # one owner: rank 0
+    assert "2 complete" in proc.stdout

@@ -284,6 +284,9 @@ def tune(
     result = run_tune(preset, space, trials, out_dir, sets=set_, timeout=timeout, storage=storage, study_name=study,
                       pruner=pruner, seed=seed, data_dir=data_dir,
                       say=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    if int(os.environ.get("RANK", "0")) != 0:  # a follower rank of `accelerate launch`: rank 0 reports
+        _leave_distributed()
+        return
     counts = {}
     for r in result.trials:
         counts[r["state"].lower()] = counts.get(r["state"].lower(), 0) + 1
@@ -297,6 +300,7 @@ def tune(
     out_lines.append(f"table: {out_dir / 'trials.csv'}" + (f"; plots: {', '.join(str(p) for p in result.plots)}" if result.plots else ""))
     for line in out_lines:
         out.print(line, highlight=False, soft_wrap=True)
+    _leave_distributed()
 
 
 def _short(v) -> str:

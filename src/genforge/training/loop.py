@@ -70,7 +70,7 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, evaluate=None, on_eval=None) -> TrainResult:
+          progress: bool = True, evaluate=None, on_eval=None, end_process_group: bool = True) -> TrainResult:
     """Train `cfg` into `run_dir`.
 
     `evaluate(generate) -> float` (lower is better; e.g. genforge.evaluation.TrainingFID) is called every
@@ -78,7 +78,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     best-scoring weights are kept as `model-best.safetensors` beside the last ones. Methods that score
     themselves (language models: validation loss) need no `evaluate`. `on_eval(step, score) -> bool` is called
     on the main process after each evaluation; True stops training there, cleanly (weights and a checkpoint
-    written, `stopped="on_eval"`): what a tuner's pruner needs.
+    written, `stopped="on_eval"`): what a tuner's pruner needs. `end_process_group=False` keeps the process
+    group of `accelerate launch` alive for a caller that trains again in the same processes (a tuning study).
     """
     run_dir = Path(run_dir)
     tcfg = cfg.train
@@ -312,7 +313,11 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         write_samples("final", net)
         save_loss_plot(_read_metrics(metrics_path), run_dir / "loss.png")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if end_process_group:
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
     return TrainResult(run_dir, step, ips_total, last_losses, data.unit, verdict.used, best.get("score"), stopped)
 
 

@@ -135,6 +135,13 @@ def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *,
         raise UserError("Tuning scores each trial by its in-training evaluation: set train.eval_every (e.g. --set "
                         "train.eval_every=200) so that trials report scores the pruner can compare.")
     dist = parse_space(space, raw)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: rank 0 owns the study
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())  # the process group, as train() opens it
+        if int(os.environ.get("RANK", "0")) != 0:
+            return _follow(raw, schema, out, data_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, where = _storage(storage, out)
     name = study_name or raw.get("name", "study")
@@ -175,9 +182,10 @@ def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *,
             return False
 
         t = time.perf_counter()
+        _broadcast({"params": params, "run": str(run_dir)})
         try:
             result = run_training(cfg, run_dir, data_dir=data_dir, progress=False, evaluate=evaluator(cfg),
-                                  on_eval=on_eval)
+                                  on_eval=on_eval, end_process_group=False)
         except (TrainingDiverged, UserError, RuntimeError, FloatingPointError, MemoryError) as e:
             trial.set_user_attr("reason", f"{type(e).__name__}: {str(e)[:300]}")
             raise
@@ -201,10 +209,42 @@ def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *,
             say(f"trial {trial.number}: {trial.state.name.lower()} {value} "
                 f"({', '.join(f'{k}={_fmt(v)}' for k, v in trial.params.items())})")
 
-    if _finished(study) < trials:
-        study.optimize(objective, timeout=timeout, callbacks=[announce, stop_when_full],
-                       catch=(TrainingDiverged, UserError, RuntimeError, FloatingPointError, MemoryError))
+    try:
+        if _finished(study) < trials:
+            study.optimize(objective, timeout=timeout, callbacks=[announce, stop_when_full],
+                           catch=(TrainingDiverged, UserError, RuntimeError, FloatingPointError, MemoryError))
+    finally:
+        _broadcast(None)  # the other ranks of `accelerate launch` stop waiting for trials
     return _report(study, raw, schema, out, where, progress)
+
+
+def _broadcast(message):
+    """Rank 0's trial (or None: no more trials) to the other ranks; nothing when not launched."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return message
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([message], from_process=0)[0]
+
+
+def _follow(raw: dict, schema, out: Path, data_dir) -> TuneResult:
+    """A rank other than 0: train each trial rank 0 announces, as its share of the data-parallel run (rank 0
+    scores, reports and decides pruning; train() broadcasts the stop), until rank 0 says there are no more."""
+    from genforge.methods import get_method
+    from genforge.training import apply_overrides, train as run_training, validate
+
+    while True:
+        message = _broadcast(None)
+        if message is None:
+            return TuneResult("", "", out, [], None, None, [])
+        cfg = validate(apply_overrides(raw, _overrides(message["params"]), schema))
+        evaluate = None if get_method(cfg.family).self_evaluates else (lambda generate: 0.0)  # rank 0 scores
+        try:
+            run_training(cfg, Path(message["run"]), data_dir=data_dir, progress=False, evaluate=evaluate,
+                         end_process_group=False)
+        except UserError:
+            pass  # rank 0 records why the trial failed
+
 
 
 def _finished(study) -> int:
