@@ -184,7 +184,7 @@ def test_keys_come_from_files_or_the_environment_and_are_checked(tmp_path, monke
 def test_cli_images_carry_metadata_and_the_mark_survives_stripping(runs, keyfile, tmp_path):
     out = tmp_path / "imgs"
     result = runner.invoke(app, ["sample", str(runs["gan"]), "--n", "6", "--out", f"{out}/", "--format", "jpeg",
-                                 "--quality", "90", "--seed", "4", "--mark-key", str(keyfile)])
+                                 "--seed", "4", "--mark-key", str(keyfile)])
     assert result.exit_code == 0, result.output
     files = sorted(out.glob("*.jpg"))
     assert len(files) == 6

@@ -136,7 +136,7 @@ def sample(
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     fmt: str = typer.Option("png", "--format", help="Images written to a folder: png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp)."),
-    quality: int = typer.Option(95, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless)."),
+    quality: Optional[int] = typer.Option(None, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless). Default: JPEG 100 and lossless WebP, which keep the invisible mark through a later JPEG-75 re-encode (JPEG 95 written: 91-94% kept; lossy WebP removes it)."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write files without provenance metadata (XMP, sidecar) or C2PA manifest."),
@@ -211,7 +211,7 @@ def sample(
                         f"got '{out_path}'.")
     if fmt.lower() not in ("png", "jpeg", "jpg", "webp"):
         raise UserError(f"--format must be png, jpeg or webp; got '{fmt}'.")
-    if not 1 <= quality <= 100:
+    if quality is not None and not 1 <= quality <= 100:
         raise UserError(f"--quality must be 1-100; got {quality}.")
     from genforge.filters import Filters
 

@@ -12,6 +12,8 @@ from PIL import Image, PngImagePlugin
 
 from genforge.media.provenance import Record, Signer, c2pa_sign, xmp_packet
 
+JPEG_QUALITY = 100  # the default: the mark then survives a later JPEG-75 re-encode (100% measured; written at
+# 95: 91-94%; written at 75 and re-encoded at 75: 26%, the decoder's clipping makes the second pass differ)
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
@@ -28,10 +30,11 @@ def to_pil(image: np.ndarray) -> Image.Image:
 
 
 def encode(image: np.ndarray, fmt: str = "PNG", record: Record | None = None, signer: Signer | None = None,
-           quality: int = 95, text: dict[str, str] | None = None) -> bytes:
+           quality: int | None = None, text: dict[str, str] | None = None) -> bytes:
     """One uint8 (H, W, C) image as PNG, JPEG or WebP bytes with `record` as XMP (PNG iTXt XML:com.adobe.xmp,
     JPEG APP1, WebP XMP chunk), then signed with C2PA when `signer` is given. JPEG and WebP at `quality`
-    (WebP lossless at 100); `text`: extra PNG tEXt chunks."""
+    (WebP lossless at 100); by default JPEG 100 and lossless WebP, what the keyed image mark survives best
+    (benchmarks/RESULTS.md). `text`: extra PNG tEXt chunks."""
     fmt = fmt.upper().replace("JPG", "JPEG")
     if fmt not in MIME:
         raise ValueError(f"image format {fmt!r}: use png, jpeg or webp")
@@ -46,6 +49,8 @@ def encode(image: np.ndarray, fmt: str = "PNG", record: Record | None = None, si
             info.add_text(key, str(value))
         pil.save(buf, format="PNG", pnginfo=info)
     else:
+        if quality is None:
+            quality = JPEG_QUALITY if fmt == "JPEG" else 100
         options = {"quality": quality}
         if fmt == "WEBP" and quality >= 100:
             options = {"lossless": True}
@@ -114,7 +119,7 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, sca
 
 
 def write_images(images: np.ndarray, out: str, record: Record | None = None, nrow: int | None = None,
-                 signer: Signer | None = None, fmt: str = "png", quality: int = 95) -> str:
+                 signer: Signer | None = None, fmt: str = "png", quality: int | None = None) -> str:
     """Write generated images where `out` says: x.png / x.jpg / x.webp: one grid; x.npy: the uint8 array
     (N, H, W, C), no metadata (a pipeline's intermediate, not a media file); a folder (existing, or ending in
     /): one file each in `fmt`, each with its own record (its seed is the batch seed + its index).
