@@ -93,6 +93,8 @@ def image_rows(name: str, run: str, args) -> dict:
     for label, attacked in [("JPEG 90", _reencode(marked, "JPEG", quality=90)),
                             ("JPEG 75", _reencode(marked, "JPEG", quality=75)),
                             ("JPEG 50", _reencode(marked, "JPEG", quality=50)),
+                            ("written JPEG 100, then JPEG 75", _reencode(_reencode(marked, "JPEG", quality=100), "JPEG",
+                                                                         quality=75)),
                             ("WebP 80", _reencode(marked, "WEBP", quality=80)),
                             ("x2 Lanczos", _resize(marked, 2, Image.LANCZOS)),
                             ("x2 nearest", _resize(marked, 2, Image.NEAREST)),
