@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from genforge.errors import UserError
@@ -58,6 +57,8 @@ def generate_filtered(model, n: int, filters: Filters, seed: int | None = None, 
                       data_dir=None, progress=None, **options) -> tuple[np.ndarray, list[dict]]:
     """`model.generate(n, seed, labels, **options)` through `filters`: (uint8 images, the filters' reports for the
     provenance record). Marks (when the model has a key) are applied last, after any resize."""
+    import torch
+
     from genforge.evaluation import evaluator_domain, load_evaluator
     from genforge.evaluation.metrics import nearest_neighbour_distances
     from genforge.evaluation.reference import memorization_threshold, reference_features
