@@ -184,5 +184,5 @@ def test_schemathesis_finds_no_server_error_and_the_document_is_accurate(runs):
 
             check()
         assert not failures, failures
-        assert len(calls) > 50 and 200 in calls and 400 in calls  # valid and invalid requests were both tried
+        assert len(calls) > 50 and 200 in calls and any(400 <= c < 500 for c in calls)  # valid and invalid both tried
         assert httpx.get(f"{url}/healthz").status_code == 200

@@ -175,7 +175,7 @@ def sample(
         model = load(run_dir, select=select, precision=precision)
     model.use_mark_key(False if no_mark else mark_key)
     signer = _signer(sign_cert, sign_key, no_metadata)
-    if model.mark_key is None and not no_mark:
+    if model.mark_key is None and not no_mark and out_arg is not None:  # not over text printed to the terminal
         err.print("note: no mark key, so the outputs carry metadata but no invisible mark; set --mark-key or "
                   "GENFORGE_MARK_KEY_FILE (create a key with `genforge keygen KEYFILE`), or pass --no-mark.",
                   highlight=False, soft_wrap=True)
