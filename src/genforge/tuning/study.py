@@ -300,22 +300,19 @@ def _plots(study, out: Path) -> list[Path]:
         return written
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    def save(ax, name: str) -> None:
         ax.figure.set_size_inches(7, 4)
         ax.figure.tight_layout()
-        ax.figure.savefig(out / "history.png", dpi=110)
+        ax.figure.savefig(out / name, dpi=110)
         plt.close(ax.figure)
-        written.append(out / "history.png")
+        written.append(out / name)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+        save(optuna.visualization.matplotlib.plot_optimization_history(study), "history.png")
         if len(complete) >= 2 and len(study.best_trial.params) >= 2:
             try:
-                ax = optuna.visualization.matplotlib.plot_param_importances(study)
-                ax.figure.set_size_inches(7, 4)
-                ax.figure.tight_layout()
-                ax.figure.savefig(out / "importances.png", dpi=110)
-                plt.close(ax.figure)
-                written.append(out / "importances.png")
+                save(optuna.visualization.matplotlib.plot_param_importances(study), "importances.png")
             except (RuntimeError, ValueError):
                 pass  # e.g. every trial with the same value: importances are undefined
     return written
