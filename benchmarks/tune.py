@@ -53,6 +53,9 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--work", default="/tmp/genforge-tune-bench")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pruners", default="median,none", help="the studies to run, in order (the first against the second)")
+    p.add_argument("--start-from-base", action="store_true", help="each study's first trial is the preset's values")
+    p.add_argument("--no-preset", action="store_true", help="skip the preset's reference run")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -66,7 +69,7 @@ def main() -> None:
     else:
         sets = [f"train.epochs={args.epochs}", "train.max_steps=null", f"train.eval_every={args.eval_every or 100}",
                 "train.eval_samples=2000", "train.checkpoint_every=100000"]
-    work = Path(args.work) / args.what
+    work = Path(args.work) / (args.what + ("-from-base" if args.start_from_base else ""))
     shutil.rmtree(work, ignore_errors=True)
     rows = {}
     raw = apply_overrides(read_raw(preset), sets)
@@ -76,13 +79,15 @@ def main() -> None:
         from genforge.evaluation import TrainingFID
 
         evaluate = TrainingFID("mnist", args.data_dir, n=2000, seed=0, progress=False)
-    ref = train(validate(raw), work / "preset", data_dir=args.data_dir, progress=False, evaluate=evaluate)
-    rows["preset"] = {"best": ref.best_score, "seconds": round(time.perf_counter() - t, 1), "steps": ref.step}
-    print(json.dumps(rows["preset"]), flush=True)
-    for pruner in ("median", "none"):
+    if not args.no_preset:
+        ref = train(validate(raw), work / "preset", data_dir=args.data_dir, progress=False, evaluate=evaluate)
+        rows["preset"] = {"best": ref.best_score, "seconds": round(time.perf_counter() - t, 1), "steps": ref.step}
+        print(json.dumps(rows["preset"]), flush=True)
+    pruners = args.pruners.split(",")
+    for pruner in pruners:
         t = time.perf_counter()
         result = tune(preset, space, args.trials, work / pruner, sets=sets, pruner=pruner, seed=args.seed,
-                      data_dir=args.data_dir, progress=True)
+                      data_dir=args.data_dir, progress=True, start_from_base=args.start_from_base)
         seconds = sum(r["seconds"] or 0 for r in result.trials)
         rows[pruner] = {"best": result.best["value"] if result.best else None,
                         "best_params": result.best["params"] if result.best else None,
@@ -90,12 +95,14 @@ def main() -> None:
                         "states": {s: sum(r["state"] == s for r in result.trials) for s in ("COMPLETE", "PRUNED", "FAIL")},
                         "trials": result.trials}
         print(json.dumps({k: v for k, v in rows[pruner].items() if k != "trials"}), flush=True)
-    rows["pruned_compute_share"] = round(rows["median"]["trial_seconds"] / max(rows["none"]["trial_seconds"], 1e-9), 3)
-    if rows["median"]["best"] is not None and rows["none"]["best"] is not None:
-        rows["pruned_best_vs_unpruned"] = round(rows["median"]["best"] / rows["none"]["best"] - 1, 4)
+    if len(pruners) > 1:
+        a, b = rows[pruners[0]], rows[pruners[1]]
+        rows["pruned_compute_share"] = round(a["trial_seconds"] / max(b["trial_seconds"], 1e-9), 3)
+        if a["best"] is not None and b["best"] is not None:
+            rows["pruned_best_vs_unpruned"] = round(a["best"] / b["best"] - 1, 4)
     path = Path(args.json or HERE / f"tune-{cpu_kind()}.json")
     results = json.loads(path.read_text()) if path.exists() else {}
-    results[args.what] = {"command": "python benchmarks/tune.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+    results[args.what + ("-from-base" if args.start_from_base else "")] = {"command": "python benchmarks/tune.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
                           "cpu": cpu_kind(), **rows}
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {path}")

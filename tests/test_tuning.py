@@ -79,6 +79,18 @@ def test_a_seeded_study_proposes_the_same_trials_and_writes_its_outputs(preset, 
     assert trained.exit_code == 0, trained.output
 
 
+def test_start_from_base_tries_the_presets_values_first_and_refuses_a_space_without_them(preset, tmp_path):
+    r = tune(str(preset[0]), SPACE, 2, tmp_path / "s", seed=5, pruner="none", progress=False, start_from_base=True)
+    assert r.trials[0]["params"] == {"train.lr": 3e-3, "model.dropout": 0.1}  # the tiny preset's own values
+    assert r.trials[1]["params"] != r.trials[0]["params"]
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(yaml.safe_dump({**SPACE, "model.dropout": {"uniform": [0.2, 0.3]}}))
+    result = runner.invoke(app, ["tune", str(preset[0]), "--space", str(narrow), "--out", str(tmp_path / "n"),
+                                 "--start-from-base"])
+    assert result.exit_code == 2 and "model.dropout = 0.1, outside the space's range" in result.output
+    assert not (tmp_path / "n" / "trials").exists()
+
+
 def test_pruning_stops_a_trial_worse_than_the_median_at_the_same_step(preset, tmp_path):
     good = {"train.lr": 3e-3, "model.dropout": 0.0}
     result = tune(str(preset[0]), SPACE, 4, tmp_path, pruner="median", progress=False,

@@ -268,6 +268,7 @@ def tune(
     pruner: str = typer.Option("median", "--pruner", help="median (stop a trial worse than the median of earlier trials at the same step), hyperband or none."),
     set_: List[str] = typer.Option([], "--set", help="Fix a config value for every trial, e.g. --set train.max_minutes=1 (trials then compete at equal time)."),
     seed: int = typer.Option(0, help="Seed of the sampler: the same seed proposes the same trials."),
+    start_from_base: bool = typer.Option(False, "--start-from-base", help="Make the first trial the preset's own values (with --set applied), so the best found is at least where you started, up to one run's noise."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
 ) -> None:
     """Search hyper-parameters with Optuna: each trial is a normal run directory trained with the preset plus the
@@ -282,7 +283,7 @@ def tune(
     from genforge.tuning import tune as run_tune
 
     result = run_tune(preset, space, trials, out_dir, sets=set_, timeout=timeout, storage=storage, study_name=study,
-                      pruner=pruner, seed=seed, data_dir=data_dir,
+                      pruner=pruner, seed=seed, data_dir=data_dir, start_from_base=start_from_base,
                       say=lambda m: err.print(m, highlight=False, soft_wrap=True))
     if int(os.environ.get("RANK", "0")) != 0:  # a follower rank of `accelerate launch`: rank 0 reports
         _leave_distributed()

@@ -93,3 +93,21 @@ def parse_space(space: str | Path | dict, raw: dict) -> dict[str, Any]:
                 raise UserError(f"search space, {key} = {value!r}: {e}") from None
         out[key] = dist
     return out
+
+
+def base_point(space: dict[str, Any], config) -> dict[str, Any]:
+    """The base configuration's own values of the space's keys, for a study to try first (`--start-from-base`):
+    its best is then never worse than where the tuning started, up to one run's noise."""
+    values = config.model_dump()
+    point = {}
+    for key, dist in space.items():
+        value = values
+        for part in key.split("."):
+            value = value[part]
+        inside = (value in dist.choices) if hasattr(dist, "choices") else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high)
+        if not inside:
+            raise UserError(f"--start-from-base: the base configuration has {key} = {value!r}, outside the space's "
+                            f"range for it. Widen the range to include it, or leave out --start-from-base.")
+        point[key] = value
+    return point

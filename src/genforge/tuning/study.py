@@ -112,16 +112,17 @@ def _overrides(params: dict) -> list[str]:
 def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *, sets: list[str] = (),
          timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
          pruner: str = "median", seed: int = 0, data_dir=None, progress: bool = True, say=print,
-         enqueue: list[dict] = ()) -> TuneResult:
+         enqueue: list[dict] = (), start_from_base: bool = False) -> TuneResult:
     """Run (or continue) a study until it holds `trials` finished trials (or `timeout` seconds pass).
-    `enqueue`: parameter sets to try first (e.g. the hand-tuned values), in order."""
+    `enqueue`: parameter sets to try first, in order; `start_from_base` puts the base configuration's own values
+    (the preset with `sets` applied) before them."""
     import optuna
 
     from genforge.methods import get_method
     from genforge.training import apply_overrides, read_raw, validate
     from genforge.training import train as run_training
     from genforge.training.loop import TrainingDiverged
-    from genforge.tuning.space import parse_space
+    from genforge.tuning.space import base_point, parse_space
 
     if trials < 1:
         raise UserError(f"--trials must be at least 1; got {trials}.")
@@ -135,6 +136,7 @@ def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *,
         raise UserError("Tuning scores each trial by its in-training evaluation: set train.eval_every (e.g. --set "
                         "train.eval_every=200) so that trials report scores the pruner can compare.")
     dist = parse_space(space, raw)
+    enqueue = ([base_point(dist, base)] if start_from_base else []) + list(enqueue)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: rank 0 owns the study
         import torch
         from accelerate import PartialState
