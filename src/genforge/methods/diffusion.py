@@ -45,7 +45,7 @@ class DiffusionConfig(MethodConfig):
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as 'no class' (conditional)")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
     # defaults for sampling (each can be changed at sampling time)
-    sampler: Literal["ddpm", "ddim", "dpmpp2m", "unipc"] = Field("dpmpp2m", description="default sampler")
+    sampler: Literal["ddpm", "ddim", "dpmpp2m", "unipc"] = Field("unipc", description="default sampler")
     steps: int = Field(20, ge=1, description="default network calls per sample (ddpm: T)")
     guidance: float = Field(1.0, ge=0, description="default guidance scale: 0 unconditional, 1 conditional, > 1 guided")
 
@@ -55,7 +55,7 @@ class DiffusionMethod(ImageMethod):
     Config = DiffusionConfig
     exported = "unet"
     sample_options = {
-        "sampler": SampleOption(str, "dpmpp2m", help="ddpm (ancestral, T steps), ddim, dpmpp2m "
+        "sampler": SampleOption(str, "unipc", help="ddpm (ancestral, T steps), ddim, dpmpp2m "
                                                      "(DPM-Solver++(2M)) or unipc (UniPC), best at 10-20 steps", choices=SAMPLERS),
         "steps": SampleOption(int, 0, 0, 10_000, "network calls per image; 0: the model's default for its "
                                                  "default sampler (model.steps), else ddpm T, ddim 50, dpmpp2m and unipc 20"),
