@@ -36,6 +36,7 @@ from genforge import precision as prec
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, resolve_data_dir, to_model_range
 from genforge.data.registry import EMBEDDED_MNIST_MINI, parse_name
 from genforge.errors import UserError
+from genforge.evaluation.feature_cache import store_reference  # the test features are a free reference cache
 from genforge.files import sha256_file
 
 VERSION = "v1"
@@ -520,8 +521,6 @@ def train_evaluator(dataset: str, data_dir: str | Path | None = None, *, root: s
     feats, logits = evaluator.extract(test_set.images)
     config["test_accuracy"] = round(float((logits.argmax(1) == test_set.labels).float().mean()), 5)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    from genforge.evaluation.reference import store_reference  # the test features are a free reference cache
-
     store_reference(tmp, "test", feats, logits, test_set.labels, config["weights_sha256"])
     if target.exists():  # force: swap the old one out only once the new one is complete
         old = root_dir / f".old-{evaluator_name(domain)}-{os.getpid()}"

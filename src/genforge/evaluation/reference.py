@@ -10,19 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from genforge.data import load_image_dataset
 from genforge.data.registry import check_split
+from genforge.evaluation.evaluator import Evaluator
+from genforge.evaluation.feature_cache import _path, read_reference, store_reference  # noqa: F401 (re-exported)
 from genforge.evaluation.metrics import nearest_neighbour_distances
-
-if TYPE_CHECKING:  # evaluator.py writes reference files; this module only reads an Evaluator's attributes
-    from genforge.evaluation.evaluator import Evaluator
 
 MEMORIZATION_FILE = "memorization.json"
 MEMORIZATION_PERCENTILE = 1.0
@@ -40,33 +35,6 @@ class Reference:
 
     def __len__(self) -> int:
         return len(self.features)
-
-
-def _path(directory: Path, split: str) -> Path:
-    return directory / f"features-{split}.safetensors"
-
-
-def store_reference(directory: Path, split: str, features: torch.Tensor, logits: torch.Tensor,
-                    labels: torch.Tensor, weights_sha256: str) -> None:
-    """Write atomically; a read-only cache folder only costs recomputation next time."""
-    path = _path(directory, split)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"features": features.contiguous(), "logits": logits.contiguous(), "labels": labels.contiguous()},
-                  str(tmp), metadata={"weights_sha256": weights_sha256, "split": split, "count": str(len(features))})
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
-def read_reference(path: Path, weights_sha256: str) -> dict[str, torch.Tensor] | None:
-    try:
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("weights_sha256") != weights_sha256:
-                return None
-            return {k: f.get_tensor(k) for k in ("features", "logits", "labels")}
-    except Exception:  # missing, damaged or foreign file: recompute
-        return None
 
 
 def reference_features(evaluator: Evaluator, split: str, progress: bool = False, batch_size: int = 500) -> Reference:
