@@ -22,8 +22,10 @@ from genforge.artifacts import TextGenerator
 from genforge.data.text import load_text_corpus
 from genforge.errors import UserError
 from genforge.evaluation.text import python_parse_rate, text_metrics, trim_snippet
-from genforge.methods.lm import lr_factor
+from genforge.data.dataset import evenly_spaced
+from genforge.methods.lm import lr_factor, split_text, standard_error, val_windows, window_losses, window_starts
 from genforge.training import train, validate
+from genforge.training.budget import SKIP_STEPS, BudgetPlanner
 from genforge.training.checkpoint import latest_checkpoint
 
 
@@ -233,3 +235,106 @@ def test_eval_of_a_python_code_run_reports_the_parse_rate(tmp_path):
     model = genforge.load(run)
     assert text_metrics(model, n_snippets=10, seed=2)["python_parse_rate"] == m["python_parse_rate"]
     assert text_metrics(model)["python_snippets"] == 50
+
+
+# ---------------------------------------------------------------- in-training validation is a fair estimate
+
+@pytest.fixture(scope="module")
+def long_text_file(tmp_path_factory):
+    """400k characters whose held-out split (the last 40k) opens with 12k characters unlike the rest (one
+    letter repeated): 1,249 windows of 32, of which the first 375 are that opening. A held-out score taken
+    from the first windows is far from the whole split's; a fair sample of the split is not."""
+    shakespeare = load_text_corpus("shakespeare").text
+    path = tmp_path_factory.mktemp("corpus") / "long.txt"
+    path.write_text(shakespeare[:360_000] + "z" * 12_000 + shakespeare[360_000:388_000], encoding="utf-8")
+    return path
+
+
+def test_validation_windows_cover_the_beginning_middle_and_end():
+    n_tokens, block = 111_540, 64  # tiny Shakespeare's held-out split, the small preset's block
+    population = (n_tokens - 1) // block
+    starts = window_starts(n_tokens, block, 200)
+    assert len(starts) == 200 and len(set(starts.tolist())) == 200
+    assert starts[0] == 0 and starts[-1] == (population - 1) * block  # the first and the last window
+    assert torch.all(starts % block == 0) and torch.all(starts[1:] > starts[:-1])  # non-overlapping
+    thirds = torch.bucketize(starts, torch.tensor([n_tokens / 3, 2 * n_tokens / 3]))
+    assert sorted(torch.bincount(thirds).tolist()) == [66, 67, 67]  # in proportion, not the first 11%
+    assert torch.equal(window_starts(n_tokens, block), torch.arange(population) * block)  # all: the whole grid
+    assert torch.equal(window_starts(n_tokens, block, 5000), torch.arange(population) * block)
+    x, y = val_windows(torch.arange(1000), 64, 3)
+    assert x[:, 0].tolist() == [0, 448, 896] and torch.equal(y, x + 1)
+
+
+def test_standard_error_is_zero_for_the_whole_split_and_shrinks_with_more_windows():
+    losses = torch.linspace(1.0, 3.0, 1000)
+    assert standard_error(losses, 1000) == 0.0
+    small = standard_error(losses[evenly_spaced(1000, 50)], 1000)
+    large = standard_error(losses[evenly_spaced(1000, 400)], 1000)
+    assert 0 < large < small
+    assert small == pytest.approx(float(losses[evenly_spaced(1000, 50)].std()) / math.sqrt(50) * math.sqrt(950 / 999))
+
+
+def test_in_training_validation_agrees_with_genforge_eval(long_text_file, tmp_path):
+    raw = lm_raw(long_text_file, max_steps=80, eval_every=80, eval_samples=100, checkpoint_every=80)
+    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+    val = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r][-1]
+    assert val["val_windows"] == 100 and val["val_windows_of"] == 1_249
+    assert 0 < val["val_loss_se"] < 0.05 * val["val_loss"]  # stated
+    model = genforge.load(run, select="last")
+    whole = text_metrics(model)
+    assert whole["tokens"] == 1_249 * 32
+    assert val["val_loss"] == pytest.approx(whole["val_loss"], rel=0.02)
+    # the same 100 windows through text_metrics give the in-training figure (same weights, fp32 both)
+    assert text_metrics(model, max_windows=100)["val_loss"] == pytest.approx(val["val_loss"], rel=1e-5)
+    # ... while the first 100 windows (the old estimate) are nowhere near the whole split here
+    _, val_text = split_text(long_text_file.read_text(encoding="utf-8"), 0.1)
+    x, y = val_windows(model.tokenizer.encode_tensor(val_text), 32)
+    first = float(window_losses(model.net, x[:100], y[:100], 50).mean())
+    assert abs(first - whole["val_loss"]) > 0.1 * whole["val_loss"]
+
+
+def test_in_training_validation_is_the_same_after_resume(long_text_file, tmp_path):
+    common = dict(checkpoint_every=100, eval_every=3, eval_samples=100, log_every=1)
+    full = train(validate(lm_raw(long_text_file, max_steps=6, **common)), tmp_path / "full", progress=False).run_dir
+    part = tmp_path / "part"
+    train(validate(lm_raw(long_text_file, max_steps=3, **common)), part, progress=False)
+    train(validate(lm_raw(long_text_file, max_steps=6, **common)), part, resume=True, progress=False)
+
+    def evals(run):
+        return [(r["step"], r["val_loss"], r["val_loss_se"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "val_loss" in r]
+    assert evals(full) == evals(part) and [s for s, _, _ in evals(full)] == [3, 6]
+
+
+# ---------------------------------------------------------------- train.budget_minutes
+
+def test_budget_planner_sizes_the_run_from_the_measured_rate():
+    planner = BudgetPlanner(budget_s=100.0, t_call=0.0, start_step=0)
+    clock = {s: 2.0 + 0.1 * s for s in range(200)}  # 2 s of set-up, then 10 steps/s
+    plans = [(s, planner.plan(s, clock[s])) for s in range(1, 200)]
+    made = [(s, p) for s, p in plans if p is not None]
+    assert len(made) == 1  # once
+    step, plan = made[0]
+    assert step >= SKIP_STEPS + 20 and clock[step] - clock[SKIP_STEPS] >= 0.04 * 100  # measured long enough
+    assert plan["steps_per_sec"] == pytest.approx(10.0)
+    left = 100.0 - clock[step] - 2.0  # the final writes' reserve
+    assert plan["total_steps"] == step + int(left * 0.96 * 10.0)
+
+
+def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_file, tmp_path):
+    raw = lm_raw(text_file, max_steps=100_000, eval_every=None, checkpoint_every=10, budget_minutes=0.08)
+    result = train(validate(raw), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plan = next(r for r in records if r.get("event") == "budget")
+    assert plan["total_steps"] < 100_000 and result.step == plan["total_steps"] and result.stopped is None
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
+    assert state["budget"]["total_steps"] == plan["total_steps"] == state["total_steps"]
+    # the learning rate the schedule gave the last step is its floor: the cosine was sized to the plan, not to
+    # max_steps (the scheduler's state in the checkpoint records it)
+    sched = torch.load(latest_checkpoint(tmp_path / "run") / "custom_checkpoint_0.pkl", weights_only=False)
+    assert sched["_last_lr"][0] == pytest.approx(0.1 * raw["train"]["lr"])
+    # resuming a budgeted run keeps its plan: nothing left to do, no new plan
+    again = train(validate(raw), tmp_path / "run", resume=True, progress=False)
+    assert again.step == plan["total_steps"]
+    assert sum(r.get("event") == "budget" for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl")
+                                                       .read_text().splitlines())) == 1

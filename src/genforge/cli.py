@@ -63,6 +63,7 @@ def train(
     epochs: Optional[float] = typer.Option(None, help="Train for this many passes over the data."),
     max_steps: Optional[int] = typer.Option(None, help="Train until this optimizer step (a resumed run continues up to it)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training, with weights and a checkpoint written (--resume continues)."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Fit the whole run to this many minutes: its step count is set from the speed measured in its first steps, so the learning-rate schedule ends with the budget (replaces --epochs/--max-steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same run on CPU."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=2e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
@@ -92,6 +93,8 @@ def train(
         overrides.append(f"train.seed={seed}")
     if max_minutes is not None:
         overrides.append(f"train.max_minutes={max_minutes}")
+    if budget_minutes is not None:
+        overrides.append(f"train.budget_minutes={budget_minutes}")
     family = raw.get("family", "gan")
     cfg = validate(apply_overrides(raw, overrides, get_method(family).Config))
     if resume and (cfg.model != saved.get("model") or cfg.data != validate(saved).data):

@@ -49,3 +49,15 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def evenly_spaced(total: int, n: int | None) -> torch.Tensor:
+    """Indices of `n` items evenly strided over `total` (every index when n is None or >= total), from the first
+    to the last: the subset every held-out score takes of a split. Files are often ordered (CIFAR-10's JPEG copy
+    by class, MNIST's test set by writer, a text by its plays), so the first n items are no fair sample of the
+    split; a strided one is, and is deterministic, so it is the same on every rank, evaluation and resume."""
+    if n is None or n >= total:
+        return torch.arange(total)
+    if n <= 1:
+        return torch.zeros(max(n, 0), dtype=torch.long)
+    return torch.div(torch.arange(n) * (total - 1) + (n - 1) // 2, n - 1, rounding_mode="floor")  # round(i (N-1)/(n-1))

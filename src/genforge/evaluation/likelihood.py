@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from genforge.data import load_image_dataset
+from genforge.data.dataset import evenly_spaced
 from genforge.errors import UserError
 
 
@@ -24,7 +25,8 @@ def has_likelihood(model) -> bool:
 @torch.no_grad()
 def likelihood_metrics(model, data_dir=None, k: int = 100, n: int | None = 1000, seed: int = 0,
                        batch_size: int = 250, progress: bool = False) -> tuple[dict, dict]:
-    """(metrics, details) on the first n test images of the run's dataset (all of them when n is None)."""
+    """(metrics, details) on n test images of the run's dataset evenly strided across the split (test files are
+    often ordered, by class or writer, so the first n are no fair sample), all of them when n is None."""
     if k < 1:
         raise UserError(f"k (importance samples) must be at least 1, got {k}.")
     meta = model.meta["data"]
@@ -32,8 +34,9 @@ def likelihood_metrics(model, data_dir=None, k: int = 100, n: int | None = 1000,
         ds = load_image_dataset(meta["dataset"], data_dir, "test", image_size=meta["height"], channels=meta["channels"])
     except UserError as e:
         raise UserError(f"The likelihood is measured on held-out images, and {meta['dataset']} has none: {e}") from None
-    images = ds.images if n is None else ds.images[:n]
-    labels = ds.labels[: len(images)] if ds.labels is not None and model.conditional else None
+    idx = evenly_spaced(len(ds.images), n)
+    images = ds.images[idx]
+    labels = ds.labels[idx] if ds.labels is not None and model.conditional else None
     method, net, device = model.method, model.net, model.device
     rng = torch.Generator().manual_seed(seed)
     targets = method.likelihood_targets(net, images, rng).to(device)

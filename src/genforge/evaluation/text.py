@@ -77,7 +77,8 @@ def text_metrics(model, data_dir=None, max_windows: int | None = None, batch_siz
     and for a model of Python source also `python_parse_rate` over `n_snippets` (default 50) snippets.
 
     Uses the run's own held-out text (the last `val_fraction` of its corpus, re-read from `data_dir`),
-    its tokenizer, and non-overlapping windows of `block_size` tokens. Bits per unit divide the summed
+    its tokenizer, and every non-overlapping window of `block_size` tokens (or `max_windows` of them, evenly
+    strided across the split, as the in-training estimate takes them). Bits per unit divide the summed
     negative log-likelihood (in bits) by the characters (char tokenizer) or UTF-8 bytes (byte, bpe) the
     target tokens stand for, so models with different tokenizers compare. A run is Python source when its
     data meta says `python_source` (runs from before that flag: when the re-read corpus is all .py files);
@@ -96,7 +97,7 @@ def text_metrics(model, data_dir=None, max_windows: int | None = None, batch_siz
         raise UserError(f"--n (n_snippets) must be at least 1, got {n_snippets}.")
     _, val_text = split_text(corpus.text, data["val_fraction"])
     device = next(net.parameters()).device
-    x, y = val_windows(tok.encode_tensor(val_text).to(device), block, max_windows or 10**9)
+    x, y = val_windows(tok.encode_tensor(val_text).to(device), block, max_windows)
     if len(x) == 0:
         raise UserError(f"The run's validation text is empty (val_fraction={data['val_fraction']}); nothing to score.")
     units = torch.tensor(tok.units_per_token(), dtype=torch.float64, device=device)

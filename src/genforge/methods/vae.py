@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 
 from genforge.data import load_image_dataset, to_model_range
+from genforge.data.dataset import evenly_spaced
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph, SampleOption
 from genforge.methods.images import ImageData, ImageMethod
@@ -86,22 +87,24 @@ class VAEMethod(ImageMethod):
         mcfg = cls.Config.model_validate(cfg.model)
         data = super().prepare_data(cfg, data_dir, run_dir, resume, accelerator)
         cls._check(mcfg, data.spec)
-        # Held-out images for the in-training score: the test split, else (a folder) the last training images.
+        # Held-out images for the in-training score: `eval_samples` of the test split evenly strided across it
+        # (its files are often ordered: the JPEG copy of CIFAR-10 by class), else (a folder) of the training images.
         n_val = cfg.train.eval_samples
         try:
             with accelerator.main_process_first():
                 val = load_image_dataset(cfg.data.dataset, data_dir, "test", image_size=cfg.data.image_size,
                                          channels=cfg.data.channels)
-            images, labels, source = val.images[:n_val], val.labels, "test"
+            pool, pool_labels, source = val.images, val.labels, "test"
         except UserError:
-            images, labels, source = data.images[-n_val:].cpu(), data.labels, "train (no test split)"
-        labels = labels[:n_val] if source == "test" and labels is not None else (
-            labels[-n_val:].cpu() if labels is not None else None)
+            pool, pool_labels, source = data.images, data.labels, "train (no test split; not held out)"
+        idx = evenly_spaced(len(pool), n_val)
+        images = pool[idx.to(pool.device)].cpu()
+        labels = pool_labels[idx.to(pool_labels.device)].cpu() if pool_labels is not None else None
         x = to_model_range(images.cpu())
         if mcfg.likelihood == "bernoulli":
             x = binarize(x, torch.Generator().manual_seed(VAL_BINARIZE_SEED))
         data.val = (x.to(accelerator.device), labels.to(accelerator.device) if labels is not None else None)
-        data.meta = {**data.meta, "validation": f"{len(x)} images of {source}"}
+        data.meta = {**data.meta, "validation": f"{len(x)} images evenly strided across {source}"}
         return data
 
     @staticmethod

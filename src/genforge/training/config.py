@@ -49,6 +49,9 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="length of the run in optimizer steps")
     max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training in this "
                                       "invocation, writing weights and a checkpoint as at the end (--resume continues)")
+    budget_minutes: float | None = Field(None, gt=0, description="the whole run's wall-clock length: its step count is "
+                                         "set from the step rate measured in its first steps (replacing max_steps and "
+                                         "epochs), so learning-rate warm-up and decay end with the budget")
     lr: float = Field(2e-4, gt=0)
     lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (defaults to lr)")
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -69,8 +72,9 @@ class TrainConfig(Strict):
     sample_every: int = Field(500, ge=1, description="steps between sample grids from fixed noise")
     eval_every: int | None = Field(None, ge=1, description="steps between in-training evaluations (FID for image models, "
                                                              "validation loss for language models); None = off")
-    eval_samples: int = Field(2000, ge=100, description="samples per in-training evaluation (language models: at most "
-                                                         "this many validation windows)")
+    eval_samples: int = Field(2000, ge=100, description="samples per in-training evaluation (language models: this many "
+                                                         "validation windows, evenly strided across the held-out split; "
+                                                         "all of them when it holds fewer)")
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
 

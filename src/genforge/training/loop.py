@@ -27,6 +27,7 @@ from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
 from genforge.precision import Verdict
 from genforge.training.autoprecision import training_precision
+from genforge.training.budget import BudgetPlanner
 from genforge.training.config import Config, format_validation_error
 from genforge.training.ema import EMA, recalibrated_copy
 from genforge.training.progress import ProgressReporter, StopOnSignal, say
@@ -81,6 +82,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     written, `stopped="on_eval"`): what a tuner's pruner needs. `end_process_group=False` keeps the process
     group of `accelerate launch` alive for a caller that trains again in the same processes (a tuning study).
     """
+    t_call = time.perf_counter()  # train.budget_minutes counts from here
     run_dir = Path(run_dir)
     tcfg = cfg.train
     method_cls = get_method(cfg.family)
@@ -110,6 +112,10 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     data = method_cls.prepare_data(cfg, data_dir, run_dir, resume, state)
     total = tcfg.max_steps if tcfg.max_steps is not None else math.ceil(tcfg.epochs * data.steps_per_epoch)
+    budget_plan = None  # train.budget_minutes: the run's length, once measured (kept in the checkpoint)
+    if resume and tcfg.budget_minutes:
+        budget_plan = ckpt.read_state(existing).get("budget")
+        total = budget_plan["total_steps"] if budget_plan else total
     self_scoring = evaluate is None and method_cls.self_evaluates  # e.g. language models: validation loss
 
     verdict = _choose_precision(tcfg.mixed_precision, run_dir, resume, method_cls, method_cfg, data, tcfg, total,
@@ -195,7 +201,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
 
     def save(at: int) -> Path:
         sync_buffers()
-        return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total, "best": best}, tcfg.keep_checkpoints)
+        return ckpt.save_checkpoint(accelerator, run_dir, at, {"total_steps": total, "best": best, "budget": budget_plan},
+                                    tcfg.keep_checkpoints)
 
     def run_evaluation(at: int) -> float | None:
         nonlocal best
@@ -213,7 +220,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
         else:
             scores = {"eval_score": float(evaluate(generate))}
         score = scores["eval_score"]
-        record = {"step": at, **scores, "eval_seconds": round(time.perf_counter() - t, 2)}
+        record = {"step": at, **scores, "eval_seconds": round(time.perf_counter() - t, 2), "time": round(time.time(), 3)}
         if math.isfinite(score) and (not best or score < best["score"]):
             best = {"step": at, "score": score}
             artifacts.save_weights(run_dir, net.state_dict(), metadata={"step": str(at), "score": str(score)},
@@ -231,6 +238,10 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     t_last, step_last = time.perf_counter(), step
     t_start, step_start = t_last, step
     budget_s = tcfg.max_minutes * 60 if tcfg.max_minutes else None
+    planner = None
+    if tcfg.budget_minutes and budget_plan is None:
+        planner = BudgetPlanner(tcfg.budget_minutes * 60, t_call, step)
+        budget_s = min(budget_s or math.inf, tcfg.budget_minutes * 60 - (t_start - t_call))  # a hard stop too
     last_losses: dict[str, float] = {}
     stopped = None
     for net in method.networks.values():
@@ -247,6 +258,20 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
 
+            if planner is not None:
+                plan = planner.plan(step, time.perf_counter())
+                if world > 1:
+                    plan = broadcast_object_list([plan], from_process=0)[0]
+                if plan is not None:
+                    planner, budget_plan, total = None, plan, plan["total_steps"]
+                    method.total_steps = total  # step-based schedules (the LM's cosine) read it from here on
+                    reporter.set_total(total)
+                    if accelerator.is_main_process:
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps({"step": step, "event": "budget", **plan}) + "\n")
+                        if progress:
+                            say(f"train.budget_minutes={tcfg.budget_minutes}: {plan['steps_per_sec']:.2f} steps/s "
+                                f"measured, so this run takes {total} steps")
             out_of_time = budget_s is not None and time.perf_counter() - t_start >= budget_s and step < total
             log_now = step % tcfg.log_every == 0 or step == total or out_of_time
             ckpt_now = step % tcfg.checkpoint_every == 0 or step == total or out_of_time
@@ -292,8 +317,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
             if out_of_time:
                 stopped = "time"
                 if progress and accelerator.is_main_process:
-                    say(f"train.max_minutes={tcfg.max_minutes} reached at step {step} of {total}; "
-                        f"continue with --resume")
+                    which = (f"train.max_minutes={tcfg.max_minutes}" if tcfg.max_minutes and time.perf_counter() - t_start
+                             >= tcfg.max_minutes * 60 else f"train.budget_minutes={tcfg.budget_minutes}")
+                    say(f"{which} reached at step {step} of {total}; continue with --resume")
                 break
             if stop.requested and step < total:
                 if not ckpt_now:

@@ -36,6 +36,10 @@ class ProgressReporter:
             self.progress.stop()
         return False
 
+    def set_total(self, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, total=total)
+
     def update(self, step: int, losses: dict[str, float], per_sec: float) -> None:
         if self.progress is None:
             return

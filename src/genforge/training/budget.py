@@ -1,0 +1,42 @@
+"""`train.budget_minutes`: size a run to a wall-clock budget, so its schedules end when the time does.
+
+A run cut off by `train.max_minutes` stops wherever its step-based schedule happens to be (a language model
+mid-cosine, at a high learning rate); a budgeted run instead measures its step rate over its first steps
+and sets its length from it, so warm-up and decay fit the budget. The plan is made once and saved in the
+checkpoint: a resumed run keeps it, so resume stays exact.
+"""
+
+from __future__ import annotations
+
+SKIP_STEPS = 5  # the first steps pay for kernel selection and allocation: not the steady rate
+MIN_MEASURED_STEPS = 20
+MEASURE_SHARE = 0.04  # measure steps for 4% of the budget (and at least MIN_MEASURED_STEPS of them) before planning
+STEP_SHARE = 0.96  # of the time left, for steps: the rest absorbs evaluations, samples, checkpoints and drift
+FINAL_RESERVE_S = 2.0  # the last weights, sample and loss plot after the final step
+
+
+class BudgetPlanner:
+    """Measures steps/s from step `start + SKIP_STEPS` on and, once it has measured for MEASURE_SHARE of the
+    budget, says how many steps the run should have in all (`plan`). `budget_s` counts from `t_call`, the start of
+    `train()`, so data preparation and the precision probe are inside the budget."""
+
+    def __init__(self, budget_s: float, t_call: float, start_step: int):
+        self.budget_s, self.t_call, self.start = budget_s, t_call, start_step
+        self.t_measure: float | None = None
+
+    def plan(self, step: int, now: float) -> dict | None:
+        """None until the rate is known; then {"total_steps", "steps_per_sec", ...} once."""
+        if step == self.start + SKIP_STEPS:
+            self.t_measure = now
+            return None
+        if self.t_measure is None or step < self.start + SKIP_STEPS + MIN_MEASURED_STEPS:
+            return None
+        if now - self.t_measure < MEASURE_SHARE * self.budget_s:
+            return None
+        rate = (step - self.start - SKIP_STEPS) / max(now - self.t_measure, 1e-9)
+        left = self.budget_s - (now - self.t_call) - FINAL_RESERVE_S
+        total = step + max(1, int(left * STEP_SHARE * rate))
+        self.t_measure = None  # planned: never again in this invocation
+        self.start = -10**9
+        return {"total_steps": total, "steps_per_sec": round(rate, 3), "planned_at_step": step,
+                "planned_at_s": round(now - self.t_call, 2), "budget_s": self.budget_s}
