@@ -3,18 +3,20 @@
 without the KV cache, in each precision, side by side with nanoGPT's sampling loop.
 
     python benchmarks/text_speed.py --data-dir ../shared/data --nanogpt /path/to/nanoGPT   # ~15 min
-    python benchmarks/text_speed.py --budgets 10 --gen-tokens 20 --calibrate-steps 10 --compare-steps 20   # smoke test
+    python benchmarks/text_speed.py --budgets 10 --gen-tokens 20 --compare-steps 20   # smoke test
+    python benchmarks/text_speed.py --side-by-side --nanogpt /path/to/nanoGPT --data-dir ../shared/data
+        # training against nanoGPT's CPU configuration, whole-split losses against wall-clock (text_vs_nanogpt.py)
 
 Precision: `--compare-rounds` rounds of short runs (`--compare-steps` steps) of the small preset in fp32,
 bf16 and `auto` in turn; steady-state tokens/s is the median logged interval after the first; each is
 reported at its best round with auto's share of the faster fixed precision. Where oneDNN has no bf16
 kernels (AVX2-only CPUs) bf16 is hundreds of times slower and is left out, with that reason in the JSON.
 
-Budget runs (preset defaults, so `auto`): a short calibration run measures steps/s (median interval) and
-the time spent outside steps; the timed run then gets `max_steps` = (budget - that time) x steps/s x 0.95,
-so the whole `train()` call, set-up and evaluations included, and its warm-up + cosine schedule end inside
-the budget (a run cut off mid-schedule would be judged at a high learning rate). Reported: the real
-seconds, training tokens/s, the validation loss at the end and at its best.
+Budget runs (preset defaults, so `auto`): `genforge train --budget-minutes` as a user runs it (the run measures
+its step rate over its first steps and sizes its schedule so that the whole `train()` call, set-up and the final
+evaluation included, ends inside the budget). Reported: the real seconds, steps, training tokens/s, the in-training
+validation loss at the end (200 windows strided across the held-out split, with its standard error) and the loss
+on the whole split (`genforge eval`'s) of the same weights, scored after the timing.
 
 Generation: the `shakespeare-char-gpt` architecture (6 layers, 384 wide, block 256) and the small
 preset's (nanoGPT's CPU size; `--set` applies to it too), with random weights, which do not change the
@@ -80,41 +82,46 @@ def compare_precisions(data_dir, steps: int, rounds: int, fast_bf16: bool, overr
             **({} if fast_bf16 else {"bf16": "not run: oneDNN has no bf16 kernels for this CPU"})}
 
 
-def train_for(budget_s: float, data_dir: str | None, calibrate_steps: int, threads: int, overrides=()) -> dict:
+def train_steps(steps: int, data_dir: str | None, overrides=()) -> dict:
+    """The small preset trained for `steps` (its schedule sized to them), scored at the end in training and on
+    the whole split; the median logged step time after the first interval."""
+    return train_for(None, data_dir, [*overrides, f"train.max_steps={steps}"])
+
+
+def train_for(budget_s: float | None, data_dir: str | None, overrides=()) -> dict:
+    """The small preset fitted to `budget_s` by `train.budget_minutes` (the run measures its step rate and
+    sizes its schedule; the budget counts from the start of `train()`, set-up included), evaluated once at
+    the end in training (the preset's strided windows, with their standard error) and then by `genforge
+    eval`'s whole-split loss on the same weights, outside the timing."""
+    import genforge
+    from genforge.evaluation.text import text_metrics
     from genforge.methods import get_method
     from genforge.training import apply_overrides, read_raw, train, validate
 
     raw = apply_overrides(read_raw("shakespeare-char-gpt-small"), list(overrides), get_method("lm").Config)
+    raw["train"] = {**raw["train"], "budget_minutes": budget_s / 60 if budget_s else None, "eval_every": 10**9,
+                    "sample_every": 10**9, "checkpoint_every": 10**9}
     with tempfile.TemporaryDirectory() as tmp:
-        calib = dict(raw, train={**raw["train"], "max_steps": calibrate_steps, "eval_every": None, "log_every": 10,
-                                 "sample_every": 10**9, "checkpoint_every": 10**9})
         t = time.perf_counter()
-        train(validate(calib), Path(tmp) / "calib", data_dir=data_dir, progress=False)
-        setup_and_calib = time.perf_counter() - t
-        tokens_per_step = raw["train"]["batch_size"] * raw["model"]["block_size"]
-        # steady state: the median logged interval after the first (kernel set-up); one interval alone is noisy
-        rates = [r["tokens_per_sec"] for r in map(json.loads, (Path(tmp) / "calib" / "metrics.jsonl").read_text().splitlines())
-                 if "tokens_per_sec" in r][1:]
-        steps_per_s = statistics.median(rates) / tokens_per_step
-        # what the calibration run spent outside its steps (data, tokenizer, the final sample and checkpoint)
-        # is spent again by the timed run; 5% of the rest is left for its four validation passes
-        overhead = max(0.0, setup_and_calib - calibrate_steps / steps_per_s)
-        steps = max(10, int((budget_s - overhead) * steps_per_s * 0.95))
-        cfg = dict(raw, train={**raw["train"], "max_steps": steps, "eval_every": max(1, steps // 4),
-                               "sample_every": 10**9, "checkpoint_every": 10**9})
-        cfg["model"] = {**raw["model"], "warmup_steps": min(raw["model"]["warmup_steps"], max(1, steps // 10))}
-        t = time.perf_counter()
-        res = train(validate(cfg), Path(tmp) / "run", data_dir=data_dir, progress=False)
+        res = train(validate(raw), Path(tmp) / "run", data_dir=data_dir, progress=False)
         seconds = time.perf_counter() - t
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        whole = text_metrics(genforge.load(Path(tmp) / "run", select="last"), data_dir)
         sample = (Path(tmp) / "run" / "samples" / "final.txt").read_text(encoding="utf-8")
-    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    val = [r for r in records if "val_loss" in r][-1]
+    rates = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r][1:]
+    tokens_per_step = raw["train"]["batch_size"] * raw["model"]["block_size"] * raw["train"].get("grad_accum", 1)
+    plan = next((r for r in records if r.get("event") == "budget"), {})
     precision = next((r for r in records if r.get("event") == "precision"), {"used": res.precision, "source": "explicit"})
-    return {"budget_s": budget_s, "precision": {k: precision.get(k) for k in ("used", "source", "probe_seconds")}, "seconds": round(seconds, 1), "setup_and_calibration_s": round(setup_and_calib, 1),
-            "steps": res.step, "train_tokens_per_sec": round(res.items_per_second, 1),
+    return {"budget_s": budget_s, "precision": {k: precision.get(k) for k in ("used", "source", "probe_seconds")},
+            "seconds": round(seconds, 1), "planned_steps": plan.get("total_steps"), "steps": res.step,
+            "train_tokens_per_sec": round(res.items_per_second, 1),
+            "median_step_ms": round(1000 * tokens_per_step / statistics.median(rates), 1) if rates else None,
             "final_train_loss": round(res.last_losses.get("loss", float("nan")), 4),
-            "final_val_loss": round(vals[-1], 4) if vals else None, "best_val_loss": round(min(vals), 4) if vals else None,
-            "sample_head": sample[:300]}
+            "in_training_val_loss": round(val["val_loss"], 4), "in_training_val_se": round(val["val_loss_se"], 4),
+            "in_training_windows": f"{val['val_windows']} of {val['val_windows_of']}",
+            "whole_split_val_loss": round(whole["val_loss"], 4),
+            "in_training_vs_whole": round(val["val_loss"] / whole["val_loss"] - 1, 4), "sample_head": sample[:300]}
 
 
 def _timed(fn, repeats: int) -> tuple[float, int]:
@@ -206,7 +213,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300], help="training budgets in seconds")
     ap.add_argument("--data-dir", default=os.environ.get("GENFORGE_DATA"))
-    ap.add_argument("--calibrate-steps", type=int, default=60)
     ap.add_argument("--compare-steps", type=int, default=150, help="steps per run of the fp32 / bf16 / auto comparison")
     ap.add_argument("--compare-rounds", type=int, default=2)
     ap.add_argument("--gen-tokens", type=int, default=500)
@@ -216,8 +222,17 @@ def main() -> None:
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[],
                     help="overrides of the preset for the training runs, e.g. train.batch_size=16 (to try recipes)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="only the training side-by-side with nanoGPT's CPU configuration (needs --nanogpt)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.side_by_side:
+        from text_vs_nanogpt import side_by_side
+
+        if not args.nanogpt:
+            raise SystemExit("--side-by-side needs --nanogpt DIR (a checkout of karpathy/nanoGPT)")
+        side_by_side(args.data_dir, args.nanogpt, 300, args.threads, None)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ["GENFORGE_CACHE"] = tempfile.mkdtemp(prefix="gf-text-speed-cache-")  # every verdict measured here
@@ -236,8 +251,7 @@ def main() -> None:
     if not args.skip_training:
         report["training_precision"] = compare_precisions(args.data_dir, args.compare_steps, args.compare_rounds,
                                                           fast_bf16, args.overrides)
-        report["training"] = [train_for(b, args.data_dir, args.calibrate_steps, args.threads, args.overrides)
-                              for b in args.budgets]
+        report["training"] = [train_for(b, args.data_dir, args.overrides) for b in args.budgets]
     # the full preset's size (block 256: the KV-cache aim) and the small one's (nanoGPT's CPU size)
     report["generation"] = (generation_speed(args.gen_tokens, args.repeats, "shakespeare-char-gpt", fast_bf16)
                             + generation_speed(args.gen_tokens, args.repeats, "shakespeare-char-gpt-small", fast_bf16,

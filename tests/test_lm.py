@@ -93,11 +93,11 @@ def test_training_writes_the_text_artifact_and_loss_drops(run):
     assert (run / "samples" / "final.txt").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_resume_continues_exactly(text_file, tmp_path, accum):
+@pytest.mark.parametrize("accum,optimizer", [(1, "adamw"), (2, "adamw"), (1, "muon")])
+def test_resume_continues_exactly(text_file, tmp_path, accum, optimizer):
     # dropout on, a warm-up shorter than the run: dropout masks and the LR schedule must resume exactly too
-    # (decay_steps pins the cosine's length, which otherwise follows max_steps)
-    model = {"dropout": 0.1, "warmup_steps": 2, "decay_steps": 6}
+    # (decay_steps pins the cosine's length, which otherwise follows max_steps); Muon's momentum is saved too
+    model = {"dropout": 0.1, "warmup_steps": 2, "decay_steps": 6, "optimizer": optimizer}
     common = dict(checkpoint_every=100, eval_every=None, grad_accum=accum, log_every=1)
     full = train(validate(lm_raw(text_file, model, max_steps=6, **common)), tmp_path / "full", progress=False).run_dir
     part = tmp_path / "part"
@@ -338,3 +338,21 @@ def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_fil
     assert again.step == plan["total_steps"]
     assert sum(r.get("event") == "budget" for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl")
                                                        .read_text().splitlines())) == 1
+
+
+@pytest.mark.parametrize("preset", ["shakespeare-char-gpt-small", "shakespeare-char-gpt", "shakespeare-char-lstm",
+                                    "python-bpe-gpt"])
+def test_every_text_preset_trains_a_few_steps_and_scores_itself_fairly(preset, text_file, tmp_path):
+    from genforge.training import apply_overrides, read_raw
+
+    raw = apply_overrides(read_raw(preset), [f"data.dataset=text:{text_file}", "train.max_steps=2", "train.batch_size=2",
+                                             "train.eval_every=2", "train.eval_samples=100", "train.sample_every=1000",
+                                             "train.checkpoint_every=2", "train.mixed_precision=no"])
+    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+    val = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r][-1]
+    block = raw["model"]["block_size"]
+    assert val["val_windows"] == min(100, val["val_windows_of"]) and math.isfinite(val["val_loss"])
+    whole = text_metrics(genforge.load(run, select="last", precision="no"))
+    assert whole["tokens"] == val["val_windows_of"] * block
+    if val["val_windows"] == val["val_windows_of"]:  # the whole split in training too: the same figure
+        assert val["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-4)

@@ -269,7 +269,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help="Database URL to share the study across machines (postgresql://user:pw@host/db, sqlite:///x.db); default: a journal file in --out, safe for several processes on one machine."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the preset's name)."),
     pruner: str = typer.Option("median", "--pruner", help="median (stop a trial worse than the median of earlier trials at the same step), hyperband or none."),
-    set_: List[str] = typer.Option([], "--set", help="Fix a config value for every trial, e.g. --set train.max_minutes=1 (trials then compete at equal time)."),
+    set_: List[str] = typer.Option([], "--set", help="Fix a config value for every trial, e.g. --set train.budget_minutes=1 (trials then compete at equal time, each schedule sized to it)."),
     seed: int = typer.Option(0, help="Seed of the sampler: the same seed proposes the same trials."),
     start_from_base: bool = typer.Option(False, "--start-from-base", help="Make the first trial the preset's own values (with --set applied), so the best found is at least where you started, up to one run's noise."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),

@@ -34,6 +34,7 @@ from genforge.methods.base import Method, MethodConfig, OnnxGraph
 from genforge.models.gpt import GPT, GPTConfig, GPTWithPast
 from genforge.models.rnn_lm import RNNLM, RNNConfig, RNNWithState
 from genforge.models.sampling import generate_ids
+from genforge.optim import Muon
 
 TOKENIZER_FILE = "tokenizer.json"
 SAMPLE_TOKENS = 300  # tokens per sample file written during training
@@ -56,11 +57,21 @@ class LMConfig(MethodConfig):
     hidden: int = Field(256, ge=1, description="lstm/gru: hidden size (also the embedding size; tied weights)")
     dropout: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.1, ge=0, description="AdamW decay of weight matrices and embeddings (not biases, norms)")
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="muon: Muon (orthogonalised momentum, its learning "
+                                                "rate matched to AdamW's) for the blocks' weight matrices, AdamW for "
+                                                "embeddings, biases and norms")
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 = off")
     warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at this fraction of train.lr")
     decay_steps: int | None = Field(None, ge=1, description="step where the cosine reaches its floor; None = the "
                                                             "run's length (extending a run then stretches the schedule)")
+
+
+def fast_bf16_matmul() -> bool:
+    """Whether Muon's orthogonalisation may run in bf16: on a GPU, or a CPU with oneDNN bf16 kernels."""
+    from genforge import precision as prec
+
+    return torch.cuda.is_available() or prec.cpu_bf16_kernels()
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -242,15 +253,24 @@ class LMMethod(Method):
     def setup(self, train_cfg) -> None:
         cfg = self.cfg
         net = self.build_exported(cfg, self.spec)
-        opt = torch.optim.AdamW(net.optim_groups(cfg.weight_decay), lr=train_cfg.lr,
-                                betas=(train_cfg.beta1, train_cfg.beta2), fused=True)
+        groups = net.optim_groups(cfg.weight_decay)
+        self.optimizers = {}
+        if cfg.optimizer == "muon":  # the blocks' weight matrices to Muon; embeddings (and the tied head) stay on AdamW
+            embeddings = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.Embedding)}
+            hidden = [p for p in groups[0]["params"] if p.dim() == 2 and id(p) not in embeddings]
+            groups[0]["params"] = [p for p in groups[0]["params"] if not any(p is h for h in hidden)]
+            self.optimizers["muon"] = Muon(hidden, lr=train_cfg.lr, weight_decay=cfg.weight_decay,
+                                           ns_dtype=torch.bfloat16 if fast_bf16_matmul() else torch.float32)
+        self.optimizers["model"] = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),
+                                                     fused=True)
         # the run's length is read at each step: a budgeted run (train.budget_minutes) sets it after its first steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, cfg.warmup_steps, cfg.decay_steps or self.total_steps or 1, cfg.min_lr_ratio))
-        self.networks, self.optimizers, self.schedulers = {"model": net}, {"model": opt}, {"model": schedule}
+            for k, opt in self.optimizers.items()}
+        self.networks = {"model": net}
 
     def training_step(self, accelerator, micro_batches, rng):
-        net, opt = self.networks["model"], self.optimizers["model"]
+        net = self.networks["model"]
         # Dropout draws from the global generator: seed it from the step's generator, so the masks are a
         # function of (seed, step, rank) like every other random choice.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
@@ -263,9 +283,11 @@ class LMMethod(Method):
             losses.append(loss.detach())
         if self.cfg.grad_clip > 0:
             accelerator.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
-        opt.step()
-        self.schedulers["model"].step()
-        opt.zero_grad(set_to_none=True)
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for schedule in self.schedulers.values():
+            schedule.step()
         return {"loss": torch.stack(losses).mean().float()}
 
     @classmethod
