@@ -273,6 +273,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                             say(f"train.budget_minutes={tcfg.budget_minutes}: {plan['steps_per_sec']:.2f} steps/s "
                                 f"measured, so this run takes {total} steps")
             out_of_time = budget_s is not None and time.perf_counter() - t_start >= budget_s and step < total
+            if world > 1 and budget_s is not None:  # rank 0's clock decides, or the ranks would part ways
+                out_of_time = broadcast_object_list([out_of_time], from_process=0)[0]
             log_now = step % tcfg.log_every == 0 or step == total or out_of_time
             ckpt_now = step % tcfg.checkpoint_every == 0 or step == total or out_of_time
             if log_now or ckpt_now:
