@@ -321,6 +321,15 @@ def test_budget_planner_sizes_the_run_from_the_measured_rate():
     assert plan["total_steps"] == step + int(left * 0.96 * 10.0)
 
 
+def test_budget_planner_plans_after_a_tenth_of_the_budget_when_steps_are_slow():
+    planner = BudgetPlanner(budget_s=300.0, t_call=0.0, start_step=0)
+    made = [(s, p) for s in range(1, 60) if (p := planner.plan(s, 2.0 + 5.0 * s)) is not None]  # 5 s a step
+    assert len(made) == 1
+    step, plan = made[0]
+    assert step == SKIP_STEPS + 6  # 30 s of measured steps: a tenth of the budget, long before 20 steps
+    assert plan["steps_per_sec"] == pytest.approx(0.2)
+
+
 def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_file, tmp_path):
     raw = lm_raw(text_file, max_steps=100_000, eval_every=None, checkpoint_every=10, budget_minutes=0.08)
     result = train(validate(raw), tmp_path / "run", progress=False)

@@ -35,6 +35,7 @@ from genforge.models.gpt import GPT, GPTConfig, GPTWithPast
 from genforge.models.rnn_lm import RNNLM, RNNConfig, RNNWithState
 from genforge.models.sampling import generate_ids
 from genforge.optim import Muon
+from genforge.precision import cpu_bf16_kernels
 
 TOKENIZER_FILE = "tokenizer.json"
 SAMPLE_TOKENS = 300  # tokens per sample file written during training
@@ -69,9 +70,7 @@ class LMConfig(MethodConfig):
 
 def fast_bf16_matmul() -> bool:
     """Whether Muon's orthogonalisation may run in bf16: on a GPU, or a CPU with oneDNN bf16 kernels."""
-    from genforge import precision as prec
-
-    return torch.cuda.is_available() or prec.cpu_bf16_kernels()
+    return torch.cuda.is_available() or cpu_bf16_kernels()
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

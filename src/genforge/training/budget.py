@@ -11,6 +11,7 @@ from __future__ import annotations
 SKIP_STEPS = 5  # the first steps pay for kernel selection and allocation: not the steady rate
 MIN_MEASURED_STEPS = 20
 MEASURE_SHARE = 0.04  # measure steps for 4% of the budget (and at least MIN_MEASURED_STEPS of them) before planning
+SLOW_STEPS_SHARE = 0.1  # steps so slow that MIN_MEASURED_STEPS would take longer: plan after 10% of the budget
 STEP_SHARE = 0.96  # of the time left, for steps: the rest absorbs evaluations, samples, checkpoints and drift
 FINAL_RESERVE_S = 2.0  # the last weights, sample and loss plot after the final step
 
@@ -29,9 +30,12 @@ class BudgetPlanner:
         if step == self.start + SKIP_STEPS:
             self.t_measure = now
             return None
-        if self.t_measure is None or step < self.start + SKIP_STEPS + MIN_MEASURED_STEPS:
+        if self.t_measure is None:
             return None
-        if now - self.t_measure < MEASURE_SHARE * self.budget_s:
+        measured, seconds = step - self.start - SKIP_STEPS, now - self.t_measure
+        if seconds < MEASURE_SHARE * self.budget_s or measured < 2:
+            return None
+        if measured < MIN_MEASURED_STEPS and seconds < SLOW_STEPS_SHARE * self.budget_s:
             return None
         rate = (step - self.start - SKIP_STEPS) / max(now - self.t_measure, 1e-9)
         left = self.budget_s - (now - self.t_call) - FINAL_RESERVE_S
