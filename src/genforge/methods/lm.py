@@ -257,7 +257,7 @@ class LMMethod(Method):
         if cfg.optimizer == "muon":  # the blocks' weight matrices to Muon; embeddings (and the tied head) stay on AdamW
             embeddings = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.Embedding)}
             hidden = [p for p in groups[0]["params"] if p.dim() == 2 and id(p) not in embeddings]
-            groups[0]["params"] = [p for p in groups[0]["params"] if not any(p is h for h in hidden)]
+            groups[0]["params"] = [p for p in groups[0]["params"] if p.dim() != 2 or id(p) in embeddings]
             self.optimizers["muon"] = Muon(hidden, lr=train_cfg.lr, weight_decay=cfg.weight_decay,
                                            ns_dtype=torch.bfloat16 if fast_bf16_matmul() else torch.float32)
         self.optimizers["model"] = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=(train_cfg.beta1, train_cfg.beta2),

@@ -24,9 +24,12 @@ class BudgetPlanner:
     def __init__(self, budget_s: float, t_call: float, start_step: int):
         self.budget_s, self.t_call, self.start = budget_s, t_call, start_step
         self.t_measure: float | None = None
+        self.planned = False
 
     def plan(self, step: int, now: float) -> dict | None:
         """None until the rate is known; then {"total_steps", "steps_per_sec", ...} once."""
+        if self.planned:
+            return None
         if step == self.start + SKIP_STEPS:
             self.t_measure = now
             return None
@@ -37,10 +40,9 @@ class BudgetPlanner:
             return None
         if measured < MIN_MEASURED_STEPS and seconds < SLOW_STEPS_SHARE * self.budget_s:
             return None
-        rate = (step - self.start - SKIP_STEPS) / max(now - self.t_measure, 1e-9)
+        rate = measured / max(seconds, 1e-9)
         left = self.budget_s - (now - self.t_call) - FINAL_RESERVE_S
         total = step + max(1, int(left * STEP_SHARE * rate))
-        self.t_measure = None  # planned: never again in this invocation
-        self.start = -10**9
+        self.t_measure, self.planned = None, True  # never again in this invocation
         return {"total_steps": total, "steps_per_sec": round(rate, 3), "planned_at_step": step,
                 "planned_at_s": round(now - self.t_call, 2), "budget_s": self.budget_s}
