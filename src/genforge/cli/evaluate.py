@@ -1,0 +1,88 @@
+"""`genforge eval` and `genforge evaluator train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from genforge.cli.common import app, evaluator_app, leave_distributed, out, user_errors
+from genforge.errors import UserError
+
+
+@app.command("eval")
+@user_errors
+def eval_run(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), or snippets of a Python-code text model for python_parse_rate (default 50)."),
+    reference: str = typer.Option("test", help="Real split to compare with: test (held out) or train."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data); evaluators are cached in its evaluators/ folder."),
+    seed: int = typer.Option(0, help="Seed for the samples and the metrics' random subsets; the same seed repeats the result."),
+    batch_size: int = typer.Option(500, help="Images per generation / feature batch."),
+    inception_weights: Optional[Path] = typer.Option(None, help="Also compute the standard Inception-v3 FID/KID/IS from this weights file (weights-inception-2015-12-05-6726825d.pth; needs torch-fidelity, the 'inception' extra)."),
+    select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score; last: the final weights. Default: best when the run kept one."),
+    likelihood_k: int = typer.Option(100, "--k", help="Models with a likelihood (VAEs): importance samples per test image for the NLL estimate (the literature uses 5,000; more is tighter and slower)."),
+    likelihood_n: int = typer.Option(1000, "--likelihood-n", help="Models with a likelihood: how many test images the NLL is estimated on (0: the whole test split)."),
+    temperature: Optional[float] = typer.Option(None, help="Image models with a temperature option (VAEs): sample at this prior scale (default: the model's 1.0)."),
+    sampler: Optional[str] = typer.Option(None, help="Diffusion models: ddpm, ddim, dpmpp2m or unipc (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion models: network calls per image (default: the sampler's)."),
+    eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic .. 1 ancestral."),
+    guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance scale (0 unconditional, 1 conditional; default: the model's)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+):
+    """Score a run against real data; writes eval.json.
+
+    Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples; VAEs also the test
+    negative log-likelihood (importance-sampled, nats or bits/dim), the ELBO's terms and reconstruction error. Text runs:
+    validation loss, perplexity and bits per character/byte on the run's held-out text; runs on Python
+    source also the share of generated snippets that parse (python_parse_rate).
+    """
+    from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
+                          inception_weights=inception_weights, select=select, progress=not no_progress,
+                          likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n,
+                          sample_options={k: v for k, v in {"temperature": temperature, "sampler": sampler, "steps": steps,
+                                                            "eta": eta, "guidance": guidance}.items() if v is not None})
+    if report is None:  # a helper process under `accelerate launch`: rank 0 scores and prints
+        leave_distributed()
+        return
+    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False, soft_wrap=True)
+    table = Table("metric", "value", "better", box=None)
+    for name, value in report["metrics"].items():
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO.get(name, ("", ""))[1])
+    if "inception" in report:
+        for name in ("fid", "kid", "is"):
+            table.add_row(f"inception {name}", f"{report['inception'][name]:.4g}", METRIC_INFO[name][1])
+    out.print(table)
+    counts = report["details"].get("class_counts")
+    if counts:
+        out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
+    out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False, soft_wrap=True)
+    leave_distributed()
+
+
+@evaluator_app.command("train")
+@user_errors
+def evaluator_train(
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10 or cifar10-jpeg."),
+    data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
+    epochs: Optional[float] = typer.Option(None, help="Override the recipe's epochs (the id changes with the weights)."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a cached evaluator exists."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+):
+    """Train (with a fixed seed) and cache the evaluator for a dataset; prints its test accuracy."""
+    from genforge.evaluation import evaluator_domain, evaluators_root, train_evaluator
+
+    domain, _ = evaluator_domain(dataset)
+    cached = not force and (evaluators_root(data_dir) / f"{domain}-v1" / "model.safetensors").exists()
+    ev = train_evaluator(dataset, data_dir, epochs=epochs, force=force, progress=not no_progress)
+    t = ev.config["training"]
+    out.print(f"{ev.id}: test accuracy {ev.test_accuracy:.2%} ({t['epochs_done']} epochs, {t['seconds']} s on "
+              f"{t['device']}, {t['precision']}) in {ev.directory}", highlight=False, soft_wrap=True)
+    if cached:
+        out.print("already trained (cached); --force trains it again")

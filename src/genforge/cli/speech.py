@@ -1,0 +1,1 @@
+"""`genforge speak` and the audio side of `genforge sample`."""
