@@ -29,9 +29,27 @@ class AugmentConfig(Strict):
     hflip: bool = Field(False, description="random horizontal flips (off for digits)")
 
 
+class AudioConfig(Strict):
+    """How clips become training data: their rate and length, and the spectrogram the image families train on."""
+
+    sample_rate: int = Field(8000, ge=1000, le=48000, description="audio: clips are resampled to this rate (Hz)")
+    length: int = Field(8192, ge=512, description="audio: samples per clip after trimming silence (padded or cropped); "
+                                                  "8192 at 8 kHz is 1.02 s")
+    n_fft: int = Field(256, ge=16, description="audio, spectrogram route: STFT size; the image has n_fft/2 rows")
+    hop: int = Field(64, ge=1, description="audio, spectrogram route: STFT hop; the image has length/hop columns")
+
+    @field_validator("hop")
+    @classmethod
+    def _divides(cls, v, info):
+        length = info.data.get("length")
+        if length is not None and length % v:
+            raise ValueError(f"data.audio.length ({length}) must be a multiple of data.audio.hop ({v})")
+        return v
+
+
 class DataConfig(Strict):
     dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, folder:PATH; "
-                                               "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
+                                               "audio: fsdd, folder:PATH (of WAV/FLAC/MP3); text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
     image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
     channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
     augment: AugmentConfig = AugmentConfig()
@@ -40,6 +58,7 @@ class DataConfig(Strict):
     tokenizer: Literal["char", "byte", "bpe"] = Field("char", description="text: vocabulary, learnt from the training text")
     vocab_size: int | None = Field(None, ge=256, description="text: BPE vocabulary size (bpe only; default 2048)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="text: the last part of the corpus, held out for validation")
+    audio: AudioConfig = AudioConfig()
 
 
 class TrainConfig(Strict):
