@@ -370,7 +370,7 @@ def test_unknown_name_lists_valid_names():
     with pytest.raises(UserError) as err:
         load_image_dataset("imagenet")
     assert all(name in str(err.value) for name in KNOWN_DATASETS) and "folder:PATH" in str(err.value)
-    assert set(KNOWN_DATASETS) == {"mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "mnist-mini"}
+    assert set(KNOWN_DATASETS) == {"mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "mnist-mini", "fsdd"}
 
 
 def test_resolve_data_dir(monkeypatch, tmp_path):

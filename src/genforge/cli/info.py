@@ -82,7 +82,7 @@ def presets():
 @data_app.command("info")
 @user_errors
 def data_info(
-    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini or folder:PATH"),
+    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, fsdd (spoken digits) or folder:PATH"),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -95,10 +95,18 @@ def data_info(
         return
     out.print(f"[bold]{info.get('name', name)}[/]  {info.get('path', '')}")
     for split, s in (info.get("splits") or {}).items():
-        out.print(f"  {split}: {s.get('count')} images, shape {s.get('shape')}")
+        if "seconds" in s:  # audio
+            rates = ", ".join(f"{r} Hz" for r in (s.get("sample_rates") or {}))
+            out.print(f"  {split}: {s.get('count')} clips, {s['seconds']:.0f} s ({rates})")
+        else:
+            out.print(f"  {split}: {s.get('count')} images, shape {s.get('shape')}")
     classes = info.get("classes") or []
     if classes:
         out.print(f"  classes ({len(classes)}): {', '.join(map(str, classes))}")
+    if info.get("speakers"):
+        out.print(f"  speakers ({len(info['speakers'])}): {', '.join(info['speakers'])}")
+    if info.get("license"):
+        out.print(f"  licence: {info['license']}", highlight=False, soft_wrap=True)
     files = info.get("files") or []
     if files:
         table = Table("file", "present", "checksum", box=None)

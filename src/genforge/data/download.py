@@ -110,16 +110,17 @@ def _stream(url: str, out, hasher, dest: Path) -> None:
                                 f"{dest.parent} or set ${DATA_ENV} to another folder.") from None
 
 
-def fetch_file(urls: list[str], dest: Path, spec: FileSpec) -> None:
+def fetch_file(urls: list[str], dest: Path, spec: FileSpec, unverified: bool = False) -> None:
     """Try each URL in turn until one yields a file with the expected checksum.
 
     Raises _FetchFailed (with every URL's reason) when none does; callers turn it into a UserError
-    that says how to get the file by hand.
+    that says how to get the file by hand. `unverified` accepts a file with no published checksum: only
+    for archives whose members are then checked one by one (extract_verified).
     """
     expected = expected_digest(spec)
-    if expected is None:
+    if expected is None and not unverified:
         raise ValueError(f"no checksum known for {spec.name}; refusing to download it unverified")
-    algo, value = expected
+    algo, value = expected or ("sha256", None)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -140,7 +141,7 @@ def fetch_file(urls: list[str], dest: Path, spec: FileSpec) -> None:
             with os.fdopen(fd, "wb") as out:
                 _stream(url, out, hasher, dest)
             got = hasher.hexdigest()
-            if got != value:
+            if value is not None and got != value:
                 mismatch = True
                 failures.append(f"{url}: {algo} is {got}, expected {value} (file damaged or not the "
                                 "published one)")
@@ -155,6 +156,13 @@ def fetch_file(urls: list[str], dest: Path, spec: FileSpec) -> None:
     raise _FetchFailed(failures, mismatch)
 
 
+def _names_text(names: list[str], limit: int = 6) -> str:
+    """A list of file names for a message; long lists (thousands of recordings) are shortened."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{len(names):,} files: {', '.join(names[:limit - 1])}, ..., {names[-1]}"
+
+
 def _by_hand(spec: DatasetSpec, root: Path, names: list[str], mirror: str | None) -> str:
     if mirror is None:  # no public download: the user brings the file
         listing = "\n".join(f"  {f.name} ({' '.join(expected_digest(f))})" for f in spec.all_files() if f.name in names)
@@ -163,7 +171,7 @@ def _by_hand(spec: DatasetSpec, root: Path, names: list[str], mirror: str | None
     if spec.archive is not None:
         files_dir = spec.files_dir(root)
         return (f"download {mirror}{spec.archive.name} and put it in {root}/ (it is checked and extracted "
-                f"on the next run), or put its extracted files ({', '.join(names)}) in {files_dir}/")
+                f"on the next run), or put its extracted files ({_names_text(names)}) in {files_dir}/")
     urls = "\n".join(f"  {mirror}{n}" for n in names)
     return f"download these files and put them in {root}/:\n{urls}"
 
@@ -174,7 +182,7 @@ def _missing_error(spec: DatasetSpec, split: str, root: Path, missing: list[File
     allow = "allow downloading (download=True), or " if mirrors_for(spec) else ""
     return UserError(
         f"Dataset '{spec.name}' ({split} split) is not in {spec.files_dir(root)}: missing "
-        f"{', '.join(names)}. Fix: {allow}"
+        f"{_names_text(names)}. Fix: {allow}"
         f"{_by_hand(spec, root, names, mirror)}\n"
         f"(The data folder is {root.parent}; set ${DATA_ENV} to use another one.)")
 
@@ -251,6 +259,55 @@ def extract_archive(archive: Path, root: Path, top: str) -> None:
     log.info("extracted %s into %s", archive.name, root / top)
 
 
+def extract_verified(archive: Path, files_dir: Path, wanted: list[FileSpec]) -> tuple[int, list[str]]:
+    """Take the `wanted` files out of an archive that has no published checksum of its own.
+
+    A member is taken when it is a regular file named like a wanted file inside a folder named like
+    `files_dir` (e.g. <top>/recordings/0_george_0.wav) and its bytes match that file's sha256; nothing else in
+    the archive is read or written. Returns (files installed, one line per member that did not match)."""
+    by_name = {f.name: f for f in wanted if f.sha256}
+    installed, mismatched = 0, []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                parts = posixpath.normpath(member.name).split("/")
+                if not member.isfile() or len(parts) < 2 or parts[-2] != files_dir.name or parts[-1] not in by_name:
+                    continue
+                spec = by_name.pop(parts[-1])
+                source = tar.extractfile(member)
+                data = source.read() if source is not None else b""
+                if bytes_digest(data, "sha256") != spec.sha256.lower():
+                    mismatched.append(f"{member.name}: sha256 differs from the published {spec.sha256}")
+                    continue
+                files_dir.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=files_dir, prefix=f".{spec.name}.", suffix=".part")
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.replace(tmp, files_dir / spec.name)
+                installed += 1
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"{archive} could not be extracted ({exc}). "
+                        "Fix: delete it and download it again (and check free disk space).") from None
+    log.info("took %d verified file(s) from %s into %s", installed, archive.name, files_dir)
+    return installed, mismatched
+
+
+def _extract_archive_files(spec: DatasetSpec, archive: Path, root: Path) -> None:
+    """Extract the dataset's archive: whole when it carries a checksum, else member by member, verified."""
+    if expected_digest(spec.archive) is not None:
+        extract_archive(archive, root, spec.subfolder)
+        return
+    files_dir = spec.files_dir(root)
+    absent = [f for f in spec.all_files() if f.find(files_dir) is None]
+    _, mismatched = extract_verified(archive, files_dir, absent)
+    if mismatched:
+        lines = "\n".join(f"  {m}" for m in mismatched[:5]) + (f"\n  ... {len(mismatched) - 5} more"
+                                                              if len(mismatched) > 5 else "")
+        raise UserError(f"{len(mismatched)} file(s) in {archive.name} do not match the checksums genforge ships "
+                        f"for '{spec.name}', so they were not installed:\n{lines}\nFix: delete {archive} and "
+                        f"download it again from {spec.homepage}.")
+
+
 def ensure_split_files(spec: DatasetSpec, data_dir: Path, split: str, download: bool) -> Path:
     """Make sure every file of `split` is on disk (extracting or downloading as needed);
     return the folder that holds them."""
@@ -265,11 +322,12 @@ def ensure_split_files(spec: DatasetSpec, data_dir: Path, split: str, download: 
         return files_dir
     if spec.archive is not None and (root / spec.archive.name).is_file():
         archive = root / spec.archive.name
-        _verify_or_fail(archive, spec.archive)
-        extract_archive(archive, root, spec.subfolder)
+        if expected_digest(spec.archive) is not None:
+            _verify_or_fail(archive, spec.archive)
+        _extract_archive_files(spec, archive, root)
         missing = missing_files()
         if missing:
-            raise UserError(f"{archive} does not contain {', '.join(f.name for f in missing)}. "
+            raise UserError(f"{archive} does not contain {_names_text([f.name for f in missing])}. "
                             "Fix: delete it and download it again.")
         return files_dir
     mirrors = mirrors_for(spec)
@@ -279,9 +337,9 @@ def ensure_split_files(spec: DatasetSpec, data_dir: Path, split: str, download: 
     try:
         if spec.archive is not None:
             archive = root / spec.archive.name
-            fetch_file([m + spec.archive.name for m in mirrors], archive, spec.archive)
+            fetch_file([m + spec.archive.name for m in mirrors], archive, spec.archive, unverified=True)
             try:
-                extract_archive(archive, root, spec.subfolder)
+                _extract_archive_files(spec, archive, root)
             finally:
                 archive.unlink(missing_ok=True)  # we fetched it; the extracted files are the dataset
         else:
@@ -294,7 +352,7 @@ def ensure_split_files(spec: DatasetSpec, data_dir: Path, split: str, download: 
         raise _fetch_failed_error(spec, split, root, missing, failed) from None
     missing = missing_files()
     if missing:
-        raise UserError(f"The download of '{spec.name}' finished but {', '.join(f.name for f in missing)} "
+        raise UserError(f"The download of '{spec.name}' finished but {_names_text([f.name for f in missing])} "
                         f"is still missing from {files_dir}. Fix: delete {root} and try again.")
     return files_dir
 

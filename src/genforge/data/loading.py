@@ -9,11 +9,12 @@ import torch
 from genforge.errors import UserError
 
 from . import cifar, idx, jpeg_archive
+from .audio import audio_dataset_info, is_audio_dataset
 from .dataset import ImageDataset
 from .download import bytes_digest, checksum_status, ensure_split_files, expected_digest
 from .folder import load_folder
-from .registry import (EMBEDDED_FILES, EMBEDDED_MNIST_MINI, SPLITS, STANDARD_DATASETS, DatasetSpec, FileSpec,
-                       check_split, dataset_root, embedded_dir, parse_name, resolve_data_dir)
+from .registry import (AUDIO_KINDS, EMBEDDED_FILES, EMBEDDED_MNIST_MINI, SPLITS, STANDARD_DATASETS, DatasetSpec,
+                       FileSpec, check_split, dataset_root, embedded_dir, parse_name, resolve_data_dir)
 from .transforms import check_preprocess_options, preprocess
 
 _EMBEDDED_FIX = "Fix: reinstall genforge (pip install --force-reinstall genforge); the packaged copy is damaged."
@@ -85,6 +86,9 @@ def load_image_dataset(name: str, data_dir: str | Path | None = None, split: str
         classes = [str(d) for d in range(10)]
     else:
         spec = STANDARD_DATASETS[key]
+        if spec.kind in AUDIO_KINDS:
+            raise UserError(f"'{key}' is an audio dataset, not images. Fix: load it with "
+                            "genforge.data.load_audio_dataset (or train one of the speech presets).")
         files_dir = ensure_split_files(spec, resolve_data_dir(data_dir), split, download)
         images, labels, classes = _read_standard(spec, files_dir, split)
     return ImageDataset(key, preprocess(images, image_size, channels), labels, classes, {})
@@ -107,6 +111,8 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> dict:
     count/shape None and a "missing" list; a damaged one has an "error" message instead.
     checksum is "ok", "mismatch", "missing", or "unknown" (a file with no published checksum).
     """
+    if is_audio_dataset(name):
+        return audio_dataset_info(name, data_dir)
     kind, key = parse_name(name)
     if kind == "folder":
         try:

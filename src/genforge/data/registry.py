@@ -53,12 +53,13 @@ class DatasetSpec:
 
     name: str
     folder: str  # folder under the data dir, same layout as shared/data
-    kind: str  # "idx", "cifar" or "jpeg-tar" (one tar of <split>/<class>/<image> files)
+    kind: str  # "idx", "cifar", "jpeg-tar" (one tar of <split>/<class>/<image> files) or "wav" (audio files)
     classes: tuple[str, ...]
     splits: dict[str, tuple[FileSpec, ...]]
     mirrors: tuple[str, ...]
     homepage: str
-    archive: FileSpec | None = None  # downloaded instead of the files, then extracted
+    archive: FileSpec | None = None  # downloaded instead of the files, then extracted; without a checksum of
+    # its own, only its members that match their files' checksums are taken (see download.py)
     subfolder: str = ""  # where the files sit inside `folder` (the archive's top folder)
     image_shape: tuple[int, int, int] | None = None  # (H, W, C) every image must have, for formats that vary
     note: str = ""  # what a user must know about the data, shown by `genforge data info`
@@ -175,7 +176,59 @@ _CIFAR10_JPEG = DatasetSpec(
          "canonical CIFAR-10 pixels, so its figures are not comparable with published CIFAR-10 numbers",
 )
 
-STANDARD_DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (_MNIST, _FASHION_MNIST, _CIFAR10, _CIFAR10_JPEG)}
+FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # sorted: speaker index = position
+FSDD_TAKES = 50
+FSDD_TEST_TAKES = 5  # the official split: takes 0-4 of every speaker and digit are the test set
+FSDD_LICENSE = ("CC BY-SA 4.0 (Free Spoken Digit Dataset, Jackson et al., "
+                "https://github.com/Jakobovski/free-spoken-digit-dataset)")
+FSDD_SUMS_SHA256 = "04e1baae96c6a26e39c623f2b01d0182ddae627ba0ac02a3cdc17ba2af99fd9b"
+
+
+def _fsdd_sums() -> dict[str, str]:
+    """recording name -> sha256, from the packaged list (embedded/fsdd/SHA256SUMS, checked against its own
+    digest). A damaged list gives no checksums, so downloads are refused rather than trusted."""
+    import hashlib
+
+    try:
+        data = resources.files(__package__).joinpath("embedded", "fsdd", "SHA256SUMS").read_bytes()
+    except OSError:
+        return {}
+    if hashlib.sha256(data).hexdigest() != FSDD_SUMS_SHA256:
+        return {}
+    sums = {}
+    for line in data.decode("ascii").splitlines():
+        digest, _, path = line.partition("  ")
+        sums[path.rsplit("/", 1)[-1]] = digest
+    return sums
+
+
+def _fsdd_split(takes: range) -> tuple[FileSpec, ...]:
+    sums = _fsdd_sums()
+    return tuple(FileSpec(f"{digit}_{speaker}_{take}.wav", sha256=sums.get(f"{digit}_{speaker}_{take}.wav"))
+                 for digit in range(10) for speaker in FSDD_SPEAKERS for take in takes)
+
+
+# 3,000 WAVs (8 kHz mono 16-bit) in <data dir>/fsdd/recordings/, named {digit}_{speaker}_{take}.wav. The
+# official source is the repository's GitHub archive at a fixed commit; its own checksum is not published, so
+# each recording taken from it is checked against the packaged per-file list instead.
+_FSDD = DatasetSpec(
+    name="fsdd",
+    folder="fsdd",
+    kind="wav",
+    classes=tuple(str(d) for d in range(10)),
+    splits={"train": _fsdd_split(range(FSDD_TEST_TAKES, FSDD_TAKES)), "test": _fsdd_split(range(FSDD_TEST_TAKES))},
+    mirrors=("https://github.com/Jakobovski/free-spoken-digit-dataset/archive/",),
+    homepage="https://github.com/Jakobovski/free-spoken-digit-dataset",
+    archive=FileSpec(f"{FSDD_COMMIT}.tar.gz"),  # no published checksum: members are verified one by one
+    subfolder="recordings",
+    note=f"Free Spoken Digit Dataset: 3,000 recordings {{digit}}_{{speaker}}_{{take}}.wav (8 kHz mono), six "
+         f"speakers, takes 0-4 test / 5-49 train; licence {FSDD_LICENSE}",
+)
+
+STANDARD_DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (_MNIST, _FASHION_MNIST, _CIFAR10, _CIFAR10_JPEG,
+                                                                  _FSDD)}
+AUDIO_KINDS = frozenset({"wav"})  # DatasetSpec.kind values read by data/audio.py, not the image readers
 EMBEDDED_MNIST_MINI = "mnist-mini"
 KNOWN_DATASETS: tuple[str, ...] = (*STANDARD_DATASETS, EMBEDDED_MNIST_MINI)
 
@@ -189,6 +242,8 @@ _ALIASES = {
     "cifar-10-jpeg": "cifar10-jpeg",
     "cifar_10_jpeg": "cifar10-jpeg",
     "mnist_mini": "mnist-mini",
+    "free-spoken-digit-dataset": "fsdd",
+    "free_spoken_digit_dataset": "fsdd",
 }
 
 # The embedded copy is the MNIST test set; these are the same checksums as _MNIST's test files.
@@ -242,8 +297,9 @@ def mirrors_for(spec: DatasetSpec) -> tuple[str, ...]:
 
 
 def valid_names_text() -> str:
-    return ", ".join(KNOWN_DATASETS) + f", or {FOLDER_PREFIX}PATH for a folder of PNG/JPEG/WebP images " \
-                                       "(one sub-folder per class, or no sub-folders for unlabelled images)"
+    return ", ".join(KNOWN_DATASETS) + f", or {FOLDER_PREFIX}PATH for a folder of PNG/JPEG/WebP images or " \
+                                       "WAV/FLAC/MP3/OGG audio (one sub-folder per class, or no sub-folders for " \
+                                       "unlabelled files)"
 
 
 def parse_name(name: str) -> tuple[str, str]:
