@@ -3,8 +3,8 @@ record its outputs carry. Torch-free.
 
 The key comes from `use_mark_key(...)`, else from the environment ($GENFORGE_MARK_KEY_FILE or
 $GENFORGE_MARK_KEY) when the generator is loaded; with one, every image a generator renders is marked and every
-text it samples carries the green-list mark (a text request may switch it off). Without one, outputs still carry
-metadata, and say that no mark was applied.
+text it samples carries the green-list mark (a text request may switch it off), and every clip it renders the
+audio mark. Without one, outputs still carry metadata, and say that no mark was applied.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 
 from genforge.errors import UserError
+from genforge.media.audio_mark import AudioMark
 from genforge.media.provenance import Record
 from genforge.media.watermark import ImageMark, KeyError_, MarkKey, TextMark, read_key
 
@@ -20,7 +21,8 @@ UNSET = object()
 
 
 class Marking:
-    """Mixin: `mark_key`, `image_mark`, `text_mark()`, `record()`. Needs `meta` (the run's or export's config)."""
+    """Mixin: `mark_key`, `image_mark`, `audio_mark`, `text_mark()`, `record()`. Needs `meta` (the run's or
+    export's config)."""
 
     _mark_key = UNSET
     _model_hash: str | None = None
@@ -47,6 +49,11 @@ class Marking:
     def image_mark(self) -> ImageMark | None:
         key = self.mark_key
         return ImageMark(key) if key is not None else None
+
+    @property
+    def audio_mark(self) -> AudioMark | None:
+        key = self.mark_key
+        return AudioMark(key) if key is not None else None
 
     def text_mark(self, vocab: int) -> TextMark | None:
         key = self.mark_key

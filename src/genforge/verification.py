@@ -1,10 +1,10 @@
-"""`genforge verify`: what a file (or a piece of text) says, and what its pixels or tokens prove, about being
-generated. Torch-free: a verifier ships with the runtime.
+"""`genforge verify`: what a file (or a piece of text) says, and what its pixels, samples or tokens prove, about
+being generated. Torch-free: a verifier ships with the runtime.
 
-Three independent layers, each reported on its own: the XMP metadata (or a text file's sidecar), the C2PA
-manifest (and whether its signature and hashes hold), and the keyed mark (needs the key; text also needs the
-model's tokenizer). The verdict is the strongest finding: a broken C2PA manifest beats everything (the file was
-altered after signing), then any layer that says "generated".
+Three independent layers, each reported on its own: the embedded metadata (XMP; a FLAC file's Vorbis comments; a
+text file's sidecar), the C2PA manifest (and whether its signature and hashes hold), and the keyed mark (needs the
+key; text also needs the model's tokenizer). The verdict is the strongest finding: a broken C2PA manifest beats
+everything (the file was altered after signing), then any layer that says "generated".
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genforge.errors import UserError
+from genforge.media.audio import audio_format, decode_audio
+from genforge.media.audio_mark import AudioMark
 from genforge.media.images import decode
 from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
@@ -23,7 +25,7 @@ GENERATED, NOT_FOUND, TAMPERED = 0, 1, 3  # exit codes (2 is the CLI's usage err
 
 @dataclass
 class Report:
-    kind: str  # image | text
+    kind: str  # image | audio | text
     source: str
     metadata: dict | None = None
     c2pa: dict | None = None
@@ -59,6 +61,10 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
         is_file = False
     if is_file:
         data = path.read_bytes()
+        if audio_format(data) is not None:
+            report = _verify_audio(data, path, keys)
+            if report is not None:
+                return report
         try:
             pixels, xmp, fmt = decode(data)
         except ValueError as e:
@@ -70,10 +76,12 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(f"{target} is neither an image Pillow reads nor UTF-8 text.") from None
+                raise UserError(f"{target} is neither an image Pillow reads, audio (WAV, FLAC, MP3) nor UTF-8 "
+                                "text.") from None
             return _verify_text(text, str(path), keys, model, read_sidecar(path))
         return _verify_image(data, pixels, xmp, f"{path} ({fmt})", keys)
-    if len(target) < 200 and ("/" in target or target.endswith((".png", ".jpg", ".jpeg", ".webp", ".txt"))):
+    if len(target) < 200 and ("/" in target or target.endswith((".png", ".jpg", ".jpeg", ".webp", ".txt", ".wav",
+                                                                 ".flac", ".mp3", ".ogg"))):
         raise UserError(f"{target}: no such file. (To verify text itself, pass the text; quote it.)")
     return _verify_text(target, "text given", keys, model, None)
 
@@ -93,6 +101,33 @@ def _verify_image(data: bytes, pixels, xmp, source: str, keys: list[MarkKey]) ->
             report.marks.append(mark.detect(pixels))
     if not keys:
         report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the invisible mark was not checked")
+    return report
+
+
+def _verify_audio(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None:
+    """A WAV, FLAC or MP3 file: its embedded provenance, C2PA manifest, and the audio mark under each key (searched
+    over alignments, so a trimmed clip is still found). None when the bytes only looked like audio."""
+    fmt = audio_format(data)
+    try:
+        samples, rate, meta = decode_audio(data)
+    except ValueError as e:
+        signed = _c2pa_or_none(data)
+        if signed is not None:  # a signed file whose samples no longer decode: altered after signing
+            report = Report("audio", f"{path} (undecodable {fmt.upper()})", c2pa=signed)
+            report.notes.append(f"the audio data does not decode: {e}")
+            return report
+        if path.suffix.lower() in (".wav", ".flac", ".mp3", ".ogg"):
+            raise UserError(f"{path}: {e}; is it a complete {fmt.upper()} file?") from None
+        return None
+    report = Report("audio", f"{path} ({fmt.upper()}, {rate} Hz, {len(samples) / rate:.2f} s)", metadata=meta)
+    try:
+        report.c2pa = c2pa_read(data)
+    except ImportError:
+        report.c2pa_note = "C2PA not checked: pip install 'genforge[provenance]'"
+    for key in keys:
+        report.marks.append(AudioMark(key).detect(samples, rate))
+    if not keys:
+        report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the inaudible mark was not checked")
     return report
 
 

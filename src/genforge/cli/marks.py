@@ -49,7 +49,7 @@ def keygen(
 @app.command()
 @user_errors
 def verify(
-    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a text file, or text itself."),
+    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), audio (WAV, FLAC, MP3), a text file, or text itself."),
     key: List[Path] = typer.Option([], "--key", help="Mark key file to test (repeatable; default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
