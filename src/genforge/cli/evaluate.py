@@ -52,16 +52,20 @@ def eval_run(
         leave_distributed()
         return
     out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False, soft_wrap=True)
-    table = Table("metric", "value", "better", box=None)
+    floor = (report.get("floor") or {}).get("metrics") or {}  # audio: the same numbers for real test clips
+    table = Table("metric", "value", *(["real test clips"] if floor else []), "better", box=None)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     for name, value in report["metrics"].items():
-        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), METRIC_INFO.get(name, ("", ""))[1])
+        table.add_row(name, fmt(value), *([fmt(floor.get(name))] if floor else []), METRIC_INFO.get(name, ("", ""))[1])
     if "inception" in report:
         for name in ("fid", "kid", "is"):
-            table.add_row(f"inception {name}", f"{report['inception'][name]:.4g}", METRIC_INFO[name][1])
+            table.add_row(f"inception {name}", f"{report['inception'][name]:.4g}", *([""] if floor else []),
+                          METRIC_INFO[name][1])
     out.print(table)
-    counts = report["details"].get("class_counts")
-    if counts:
-        out.print("predicted classes: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
+    for key, what in (("class_counts", "predicted classes"), ("speaker_counts", "predicted speakers")):
+        counts = report["details"].get(key)
+        if counts:
+            out.print(f"{what}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False, soft_wrap=True)
     leave_distributed()
 
@@ -69,18 +73,22 @@ def eval_run(
 @evaluator_app.command("train")
 @user_errors
 def evaluator_train(
-    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10 or cifar10-jpeg."),
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg or fsdd (spoken digits)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Override the recipe's epochs (the id changes with the weights)."),
     force: bool = typer.Option(False, "--force", help="Retrain even if a cached evaluator exists."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ):
     """Train (with a fixed seed) and cache the evaluator for a dataset; prints its test accuracy."""
-    from genforge.evaluation import evaluator_domain, evaluators_root, train_evaluator
+    from genforge.evaluation import (evaluator_domain, evaluators_root, is_audio_evaluator_dataset,
+                                     train_audio_evaluator, train_evaluator)
 
-    domain, _ = evaluator_domain(dataset)
+    if is_audio_evaluator_dataset(dataset):  # a spoken-digit classifier on log-mel input
+        domain, trainer = dataset, train_audio_evaluator
+    else:
+        (domain, _), trainer = evaluator_domain(dataset), train_evaluator
     cached = not force and (evaluators_root(data_dir) / f"{domain}-v1" / "model.safetensors").exists()
-    ev = train_evaluator(dataset, data_dir, epochs=epochs, force=force, progress=not no_progress)
+    ev = trainer(dataset, data_dir, epochs=epochs, force=force, progress=not no_progress)
     t = ev.config["training"]
     out.print(f"{ev.id}: test accuracy {ev.test_accuracy:.2%} ({t['epochs_done']} epochs, {t['seconds']} s on "
               f"{t['device']}, {t['precision']}) in {ev.directory}", highlight=False, soft_wrap=True)

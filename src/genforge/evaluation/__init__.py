@@ -34,8 +34,24 @@ With torchmetrics directly:
     FrechetInceptionDistance(feature=EvaluatorFeatures(ev))   # NCHW uint8 of any size / channels
 
 Definitions are in metrics.py; the memorization threshold is explained in reference.py.
+
+Audio (spoken digits): `evaluate_run` on an audio run scores generated clips through a log-mel CNN trained on
+FSDD (`genforge evaluator train fsdd`, or on first use), beside the same numbers for real test clips:
+
+    from genforge.evaluation import load_audio_evaluator, evaluate_clips
+    ev = load_audio_evaluator("fsdd", data_dir)
+    r = evaluate_clips(clips, ev, labels=digits, sample_rate=8000, seed=0)   # clips: (N, L) float in [-1, 1]
+    r["metrics"], r["floor"]["metrics"]   # fid, kid, is, precision, recall, density, coverage,
+                                          # [conditional_accuracy], classes_hit, class_entropy,
+                                          # speaker_entropy, speakers_hit, memorization
+
+See audio_classifier.py (the network, its front end and training) and audio_metrics.py (the metrics, the floor).
 """
 
+from genforge.evaluation.audio_classifier import (AUDIO_EVALUATOR_DATASETS, AudioEvaluator, AudioEvaluatorNet,
+                                                  AudioRecipe, is_audio_evaluator_dataset, load_audio_evaluator,
+                                                  mel_filterbank, train_audio_evaluator)
+from genforge.evaluation.audio_metrics import clip_reference, evaluate_clips, score_features
 from genforge.evaluation.evaluator import (EVALUATOR_DATASETS, RECIPES, Evaluator, EvaluatorNet, evaluator_domain,
                                            evaluators_root, load_evaluator, train_evaluator)
 from genforge.evaluation.features import EvaluatorFeatures, InceptionExtractor
@@ -50,5 +66,7 @@ __all__ = [
     "load_evaluator", "train_evaluator", "EvaluatorFeatures", "InceptionExtractor", "FrechetDistance",
     "class_statistics", "fid", "inception_score", "kid", "knn_radii", "memorization", "nearest_neighbour_distances",
     "prdc", "Reference", "memorization_threshold", "reference_features", "EVAL_FILE", "METRIC_INFO",
-    "evaluate_images", "evaluate_run", "TrainingFID",
+    "evaluate_images", "evaluate_run", "TrainingFID", "AUDIO_EVALUATOR_DATASETS", "AudioEvaluator",
+    "AudioEvaluatorNet", "AudioRecipe", "is_audio_evaluator_dataset", "load_audio_evaluator", "mel_filterbank",
+    "train_audio_evaluator", "clip_reference", "evaluate_clips", "score_features",
 ]

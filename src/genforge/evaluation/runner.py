@@ -3,7 +3,9 @@
 - image models: samples against real data through an evaluator network (FID, KID, IS, PR/D&C, ...);
   and when the family has a likelihood (a VAE), the held-out NLL, ELBO and reconstruction error too
   (likelihood.py);
-- text models: held-out loss, perplexity, bits per unit, Python parse rate (text.py).
+- text models: held-out loss, perplexity, bits per unit, Python parse rate (text.py);
+- audio models (`modality == "audio"`): generated clips through the spoken-digit evaluator, with the same
+  numbers for real test clips as the floor (audio_metrics.py).
 
 Everything lands in RUN_DIR/eval.json with the same top-level keys (metrics, details, seconds, ...).
 """
@@ -42,6 +44,8 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "classes_hit": ("classes receiving at least a tenth of their even share", "higher"),
     "class_entropy": ("evenness of the predicted-class histogram (1 = even)", "higher"),
     "memorization": ("share of samples closer to a training image than 99% of real test images are", "lower"),
+    "speaker_entropy": ("evenness of the predicted-speaker histogram of clips (1 = every voice equally)", "higher"),
+    "speakers_hit": ("speakers receiving at least a tenth of their even share of clips", "higher"),
     "nll_nats": ("test negative log-likelihood per image, importance-sampled (k in details)", "lower"),
     "nll_bpd": ("test negative log-likelihood, bits per dimension, importance-sampled", "lower"),
     "neg_elbo_nats": ("test negative ELBO per image: rec + kl (an upper bound on nll)", "lower"),
@@ -163,6 +167,8 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     `likelihood_n` test images (None: all), the ELBO's terms and the reconstruction error.
     `sample_options`: the family's generation options for the samples (e.g. {"temperature": 0.5} for a VAE).
     Text runs: held-out loss etc.; n is the number of Python snippets for python_parse_rate (default 50).
+    Audio runs: n clips (default 300; conditional runs every digit in turn) against the real test clips, and the
+    real floor (report["floor"]); see audio_metrics.py.
     Under `accelerate launch` the image samples are split over the processes (the same images as one process
     makes); the main process scores them and returns the report, the others return None.
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
@@ -174,7 +180,16 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     dev = default_device(device)
     # fp32: a score must not depend on which precision this machine happens to generate fastest in
     model = load(run_dir, dev, select=select, precision="no")
-    if isinstance(model, TextGenerator):
+    if getattr(model, "modality", None) == "audio":  # before the image branch: an audio generator is an image one too
+        from genforge.evaluation.audio_metrics import audio_report
+
+        if inception_weights is not None:
+            raise UserError("--inception-weights is for image runs; audio runs are scored by the spoken-digit evaluator.")
+        report = audio_report(model, n, reference, data_dir, seed, batch_size, k, dev, evaluator_root, progress,
+                              sample_options or {})
+        if report is None:  # a helper process under `accelerate launch`
+            return None
+    elif isinstance(model, TextGenerator):
         report = _text_report(model, data_dir, n, seed)
     else:
         report = _image_report(model, 10_000 if n is None else n, reference, data_dir, seed, batch_size, k, dev,
