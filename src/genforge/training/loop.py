@@ -307,8 +307,6 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 score = run_evaluation(step)
                 halt = bool(on_eval(step, score)) if on_eval is not None and score is not None else False
                 if world > 1:
-                    from accelerate.utils import broadcast_object_list
-
                     halt = broadcast_object_list([halt], from_process=0)[0]
                 accelerator.wait_for_everyone()
                 if halt and step < total:
