@@ -6,8 +6,10 @@ from genforge.methods.base import DataSpec, Method, MethodConfig
 from genforge.methods.gan import GANMethod
 from genforge.methods.lm import LMMethod
 from genforge.methods.vae import VAEMethod
+from genforge.methods.wavenet import WaveNetMethod
 
-METHODS: dict[str, type[Method]] = {m.family: m for m in (GANMethod, VAEMethod, DiffusionMethod, LMMethod)}
+METHODS: dict[str, type[Method]] = {m.family: m for m in (GANMethod, VAEMethod, DiffusionMethod, LMMethod,
+                                                          WaveNetMethod)}
 
 
 def get_method(family: str) -> type[Method]:

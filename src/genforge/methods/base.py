@@ -71,7 +71,7 @@ class TrainingData(Protocol):
 class Method(ABC):
     family: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
-    modality: ClassVar[str] = "image"  # "image" or "text": which generator object `genforge.load` returns
+    modality: ClassVar[str] = "image"  # "image", "text" or "audio" (a waveform family): which generator `load` returns
 
     #: name of the network in `networks` that generation uses (EMA'd, exported to model.safetensors)
     exported: ClassVar[str]
@@ -81,6 +81,9 @@ class Method(ABC):
     self_evaluates: ClassVar[bool] = False
     #: the options its generation takes beyond the common ones (seed, labels / prompt), with their ranges
     sample_options: ClassVar[dict[str, SampleOption]] = {}
+    #: what `draw` takes when the load-time precision probe times one unit of generation (a waveform family
+    #: probes a short clip, not a whole one: thousands of sequential steps per precision would slow every load)
+    probe_draw: ClassVar[dict] = {}
 
     @classmethod
     def options_for(cls, model_cfg: dict) -> dict[str, SampleOption]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from genforge.diffusion import make_schedule, sample, split_prediction
 from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
+from genforge.runtime.wavenet import WaveNetFamily
 
 Graph = Callable[..., np.ndarray]  # graph(**inputs) -> the graph's first output
 
@@ -115,4 +116,4 @@ class Diffusion(Family):
         return np.asarray(out, dtype=np.float32)
 
 
-FAMILIES: dict[str, type[Family]] = {"gan": GAN, "vae": VAE, "diffusion": Diffusion}
+FAMILIES: dict[str, type] = {"gan": GAN, "vae": VAE, "diffusion": Diffusion, "wavenet": WaveNetFamily}
