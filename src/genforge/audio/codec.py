@@ -94,7 +94,7 @@ def griffin_lim(magnitude: np.ndarray, n_fft: int, hop: int, length: int, iters:
                 momentum: float = 0.99, rng: np.random.Generator | None = None) -> np.ndarray:
     """Waveforms (N, length) float32 whose STFT magnitude approaches `magnitude` (N, bins, frames).
 
-    Starts from random phases drawn from `rng` (zero phase when rng is None); `momentum` is alpha of the fast
+    Starts from random phases drawn from `rng`, the same for every clip of the batch (zero phase when rng is None); `momentum` is alpha of the fast
     algorithm (0.99 as recommended by Perraudin et al.; 0 is plain Griffin-Lim)."""
     mag = np.asarray(magnitude, dtype=np.float32)
     if mag.ndim != 3:
@@ -104,7 +104,9 @@ def griffin_lim(magnitude: np.ndarray, n_fft: int, hop: int, length: int, iters:
     if rng is None:
         coeffs = mag.astype(np.complex64)
     else:
-        coeffs = (mag * np.exp(2j * np.pi * rng.random(mag.shape))).astype(np.complex64)
+        # one phase array for every clip: a clip's waveform must not depend on its place in a batch (a server
+        # merges requests; `generate` splits n into batches)
+        coeffs = (mag * np.exp(2j * np.pi * rng.random(mag.shape[1:]))).astype(np.complex64)
     previous = coeffs
     target = coeffs
     for _ in range(int(iters)):

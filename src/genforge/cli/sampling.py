@@ -21,7 +21,8 @@ def sample(
                                              "written by `genforge export` (sampled without torch, on onnxruntime)."),
     n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64) or texts (default 1)."),
     out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Text: a file to write instead of printing."),
-    label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image models only."),
+    label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image and audio models."),
+    speaker: Optional[str] = typer.Option(None, help="Audio models trained with speakers: the voice (a speaker's name or index; default: drawn per clip)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible samples."),
     nrow: Optional[int] = typer.Option(None, help="Images per grid row (default: square grid)."),
     select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score (FID, validation loss); last: the final weights. Default: best when the run kept one."),
@@ -39,7 +40,7 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic (default) .. 1 as noisy as DDPM."),
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    fmt: str = typer.Option("png", "--format", help="Images written to a folder: png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp)."),
+    fmt: str = typer.Option("png", "--format", help="Files written to a folder: images png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp); audio wav (default), flac or mp3."),
     quality: Optional[int] = typer.Option(None, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless). Default: JPEG 100 and lossless WebP, which keep the invisible mark through a later JPEG-75 re-encode (JPEG 95 written: 91-94% kept; lossy WebP removes it)."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
@@ -51,11 +52,13 @@ def sample(
     resize: Optional[int] = typer.Option(None, "--resize", help="Images: resize for display (Lanczos) so the longer side has this many pixels; the mark is applied after resizing."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder, for --drop-copies and --min-confidence (the evaluator and training features)."),
 ):
-    """Generate images or text from a trained run.
+    """Generate images, text or audio from a trained run.
 
     Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
     VAE's prior; --sampler, --steps, --eta and --guidance choose how a diffusion model samples;
     --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options.
+    Audio models (speech): WAV/FLAC/MP3 files (x.wav, or a folder/ for one per clip) or x.png, a grid of their
+    spectrograms; --label picks the digit, --speaker the voice.
     An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported.
 
     Every file carries its provenance (IPTC DigitalSourceType trainedAlgorithmicMedia in XMP for images, a
@@ -96,6 +99,21 @@ def sample(
         return
     family_opts = {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
     image_opts = {k: v for k, v in family_opts.items() if k in model.options() and v is not None}
+    if model.modality == "audio":
+        from genforge.cli.speech import sample_audio
+
+        foreign = [f"--{k}" for k, v in {**family_opts, "top_k": top_k, "top_p": top_p, "prompt": prompt,
+                                         "max_new_tokens": max_new_tokens, "interpolate": interpolate}.items()
+                   if v is not None and k not in image_opts]
+        if foreign:
+            raise UserError(f"{', '.join(foreign)}: not an option of this audio model"
+                            + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options()
+                               else "; it takes --n, --seed, --label and --speaker."))
+        sample_audio(model, n, out_arg, label, speaker, seed, nrow, "wav" if fmt == "png" else fmt, image_opts,
+                     signer, not no_metadata)
+        return
+    if speaker is not None:
+        raise UserError("--speaker applies to audio models trained with speakers.")
     misused = [name for name, v in text_opts.items() if v is not None and name.lstrip("-").replace("-", "_") not in image_opts]
     if misused:
         raise UserError(f"{', '.join(misused)} applies to text models; {run_dir} is an image model"

@@ -34,19 +34,24 @@ def serve(
     max_image_calls: int = typer.Option(4096, min=1, help="Most network calls an image request may cost: n x the "
                                                           "sampler's steps (x2 when guided) for diffusion, n for "
                                                           "one-pass models."),
+    max_audio_calls: int = typer.Option(4096, min=1, help="Most network calls a speech request may cost: digits x "
+                                                          "the family's calls per clip (diffusion: its steps)."),
+    max_input_chars: int = typer.Option(1024, min=1, help="Longest `input` of a speech request, in characters (its "
+                                                          "digits are capped at 64 apart)."),
     workers: int = typer.Option(1, min=1, help="Processes on this port, each with its own copy of the models "
                                                "(replicas are stateless: any balancer can front several machines)."),
     precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
-    mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible marks on every image and text (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
+    mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible marks on every image, text and audio clip (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Serve without the invisible marks even when a key is set."),
-    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain for a C2PA manifest in every image (with --sign-key)."),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain for a C2PA manifest in every image and audio file (with --sign-key)."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256) of --sign-cert."),
 ) -> None:
     """Serve trained runs over HTTP with an OpenAI-compatible API and a web playground.
 
     Routes: GET / (playground), GET /v1/models, POST /v1/completions (text; stream=true for server-sent
-    events), POST /v1/images/generations (images as base64 PNG), GET /healthz, /readyz, /metrics
+    events), POST /v1/images/generations (images as base64 PNG), POST /v1/audio/speech (speech models: digits
+    read aloud as WAV, FLAC, MP3 or PCM), GET /healthz, /readyz, /metrics
     (Prometheus), /docs (OpenAPI). Concurrent requests for a model are batched; SIGTERM drains requests in
     flight before exiting. Needs the `serve` extra: pip install 'genforge[serve]'.
     """
@@ -70,6 +75,7 @@ def serve(
         os.environ[KEY_FILE_ENV] = str(mark_key.resolve())  # the worker processes read it too
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
                              max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls,
+                             max_audio_calls=max_audio_calls, max_input_chars=max_input_chars,
                              mark=not no_mark, sign_cert=str(sign_cert) if sign_cert else None,
                              sign_key=str(sign_key) if sign_key else None)
     run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,

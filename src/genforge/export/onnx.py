@@ -59,7 +59,7 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                         "or pass --overwrite.")
     if not 7 <= opset <= 23:
         raise UserError(f"opset must be within 7..23 (onnxruntime's range), got {opset}.")
-    from genforge.artifacts import read_config
+    from genforge.artifacts import modality_of, read_config
     from genforge.methods import get_method
 
     method = get_method(read_config(run_dir).get("family", "?"))
@@ -79,9 +79,10 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
             _drop_traced_shapes(path)
             files[name] = {"file": path.name, "format": "onnx", "sha256": sha256_file(path),
                            "inputs": list(graph.inputs), "outputs": graph.outputs}
+        modality = modality_of(model.meta)
         config = {
             "format_version": FORMAT_VERSION,
-            "modality": method.modality,
+            "modality": modality,
             "family": model.meta.get("family"),
             "name": model.meta.get("name"),
             "family_config": method.runtime_config(model.net),
@@ -93,11 +94,16 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                            "torch": torch.__version__,
                            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }
-        if method.modality == "image":
-            h, w, c = model.image_shape
-            config.update(image={"height": h, "width": w, "channels": c}, classes=list(model.classes),
-                          conditional=bool(model.conditional), options=model.options())
-        else:  # the tokenizer travels as the run saved it (JSON: vocabulary or BPE merges)
+        if method.modality in ("image", "audio"):  # what draw/render need: classes, options (and an image's shape)
+            config.update(classes=list(model.classes), conditional=bool(model.conditional), options=model.options())
+            if method.modality == "image":
+                h, w, c = model.image_shape
+                config["image"] = {"height": h, "width": w, "channels": c}
+        if modality == "audio":  # the codec (spectrogram statistics or mu-law), the voices and the licence
+            data = model.meta.get("data", {})
+            config["audio"] = {"sample_rate": model.sample_rate, "length": model.length, "codec": data.get("codec"),
+                               "speakers": list(model.speakers), "license": data.get("license")}
+        if method.modality == "text":  # the tokenizer travels as the run saved it (JSON: vocabulary or BPE merges)
             shutil.copy(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             config["tokenizer"] = {"file": TOKENIZER_FILE, "kind": model.tokenizer.kind,
                                    "sha256": sha256_file(tmp / TOKENIZER_FILE)}

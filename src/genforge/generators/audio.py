@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge.audio import speech
+from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.generators.base import WEIGHTS_FILE
 from genforge.generators.images import ImageGenerator
 from genforge.methods import get_method
+from genforge.speaking import Speaking
 
 
 @dataclass
@@ -32,6 +33,7 @@ class AudioJob:
     options: dict
     drawn: dict[str, torch.Tensor]
     calls: int = 0
+    mark: bool = True  # False for speech: the joined utterance is marked once, not each digit (`finish_speech`)
 
 
 def spectrogram_codec(data_meta: dict):
@@ -51,11 +53,12 @@ def spectrogram_images_to_waveforms(images: np.ndarray, data_meta: dict, iters: 
     return codec.decode(specs, stats, iters=iters, seed=seed)
 
 
-class AudioGenerator(ImageGenerator):
+class AudioGenerator(Speaking, ImageGenerator):
     """A loaded audio model. `generate` returns float32 waveforms in [-1, 1] at `sample_rate`, marked when a key
     is set (`use_mark_key`); `speak` reads digits aloud."""
 
     modality = "audio"
+    PROBE_BATCH = 10
 
     def __init__(self, run_dir: Path, meta: dict, net: torch.nn.Module, device: torch.device,
                  weights_file: str = WEIGHTS_FILE, precision: str = "no"):
@@ -73,26 +76,18 @@ class AudioGenerator(ImageGenerator):
         self.length: int = int(self.codec.length if self.codec is not None else codec.get("length", 8192))
         self._use_precision(precision)
 
-    @property
-    def voices(self) -> list[str]:
-        """What a speech request may name as its voice: the run's speakers, or "default" for a one-voice model."""
-        return self.speakers or ["default"]
+    def _generation_steps(self, names):
+        """One unit of generation per precision for the load-time probe: a batch of 10 clips (a spoken number),
+        waveform families on the short clip their `probe_draw` asks for."""
+        def step_in(dtype):
+            def step():
+                rng = torch.Generator().manual_seed(0)
+                with torch.no_grad(), self._autocast(dtype):
+                    drawn = self.method.draw(self.net, self.spec, self.PROBE_BATCH, None, rng, **self.method.probe_draw)
+                    self.method.render(self.net, drawn, self.device, **self._options({}))
+            return step
 
-    def speaker_index(self, speaker) -> int | None:
-        """A speaker index from a name, an index or None (the model's choice); "default" always works."""
-        if speaker is None or speaker == "default":
-            return None
-        if not self.speakers:
-            raise UserError(f"This model has one voice ('default'); it was not trained with speakers, so "
-                            f"'{speaker}' cannot be chosen.")
-        if isinstance(speaker, str) and speaker in self.speakers:
-            return self.speakers.index(speaker)
-        if isinstance(speaker, (int, np.integer)) or (isinstance(speaker, str) and speaker.isdigit()):
-            i = int(speaker)
-            if 0 <= i < len(self.speakers):
-                return i
-        raise UserError(f"Unknown speaker '{speaker}'. This model's speakers: {', '.join(self.speakers)} "
-                        f"(or 'default').")
+        return {name: step_in(prec.autocast_dtype(name)) for name in names}
 
     def _draw(self, n: int, labels, rng: torch.Generator, speaker, options: dict) -> dict[str, torch.Tensor]:
         label_t = self._labels(labels, n)
@@ -106,7 +101,7 @@ class AudioGenerator(ImageGenerator):
 
     @torch.no_grad()
     def generate(self, n: int | None = None, seed: int | None = None, labels=None, speaker=None,
-                 batch_size: int = 100, progress=None, **options) -> np.ndarray:
+                 batch_size: int = 100, progress=None, mark: bool = True, **options) -> np.ndarray:
         """n clips as float32 (N, L) in [-1, 1]. `labels`: one digit (or class name) or one per clip (default: every
         class in turn); `speaker`: a speaker's name or index for models trained with speakers (default: drawn per
         clip); `options`: the family's own (`options()`)."""
@@ -129,7 +124,7 @@ class AudioGenerator(ImageGenerator):
             lab = labels_all[start : start + m] if isinstance(labels_all, list) else labels_all
             drawn = self._draw(m, lab, rng, speaker, options)
             step = (lambda i, total, b=b: progress(b * total + i, batches * total)) if progress else None
-            out.append(self._render([drawn], options, step)[0])
+            out.append(self._render([drawn], options, step, mark)[0])
         return np.concatenate(out)
 
     def generate_across_processes(self, n: int, **kwargs):
@@ -143,7 +138,17 @@ class AudioGenerator(ImageGenerator):
         drawn = self._draw(n, labels, self._rng(seed), speaker, options)
         return AudioJob(n, options, drawn, self.method.network_calls(self.net, n, **options))
 
-    def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
+    @torch.no_grad()
+    def run(self, jobs: list[AudioJob]) -> list[np.ndarray]:
+        """Render several jobs (with equal options) in one batch: each job's clips are those it gets alone."""
+        if not jobs:
+            return []
+        if any(job.options != jobs[0].options for job in jobs):
+            raise UserError("Jobs rendered together must have the same options; render the others separately.")
+        clips = np.concatenate(self._render([job.drawn for job in jobs], jobs[0].options, mark=False))
+        return self._mark_jobs(jobs, clips)
+
+    def _render(self, draws: list[dict], options: dict, progress=None, mark: bool = True) -> list[np.ndarray]:
         keys = [k for k in draws[0] if draws[0][k] is not None]
         drawn = {k: torch.cat([d[k] for d in draws]) for k in keys}
         with self._autocast(self.dtype):
@@ -153,56 +158,13 @@ class AudioGenerator(ImageGenerator):
             clips = spectrogram_images_to_waveforms(images, self.meta["data"])
         else:
             clips = x.float().cpu().numpy()
-        clips = self._marked(np.clip(clips, -1.0, 1.0).astype(np.float32))
+        clips = np.clip(clips, -1.0, 1.0).astype(np.float32)
+        clips = self._marked(clips) if mark else clips
         sizes = [len(next(v for v in d.values() if v is not None)) for d in draws]
         return np.split(clips, np.cumsum(sizes)[:-1])
 
     def _marked(self, clips: np.ndarray) -> np.ndarray:
-        mark = self.audio_mark
-        return np.stack([mark.embed(c, self.sample_rate) for c in clips]) if mark is not None and len(clips) else clips
+        return np.stack([self.mark_clip(c) for c in clips]) if self.audio_mark is not None and len(clips) else clips
 
-    def speak(self, text: str, speaker=None, speed: float = 1.0, seed: int | None = None, **options) -> np.ndarray:
-        """`text` (digits or number words, e.g. "415 555 0199") read aloud: float32 (L,) at `sample_rate`. The
-        digits are generated in one batch in one voice (`speaker`, or one drawn from the seed), trimmed and
-        joined with short pauses between digits and longer ones between groups; `speed` > 1 reads faster."""
-        try:
-            utterance = speech.parse(text)
-        except speech.SpeechTextError as e:
-            raise UserError(str(e)) from None
-        if self.speakers and speaker in (None, "default"):
-            speaker = int(np.random.default_rng(seed).integers(len(self.speakers)))
-        labels = [self._digit_class(d) for d in utterance.digits]
-        clips = self.generate(len(labels), seed=seed, labels=labels, speaker=speaker, **options)
-        try:
-            return speech.join(list(clips), utterance, self.sample_rate, speed)
-        except speech.SpeechTextError as e:
-            raise UserError(str(e)) from None
-
-    def _digit_class(self, digit: int) -> int:
-        if str(digit) not in self.classes:
-            raise UserError(f"This model's classes are {', '.join(self.classes)}, not the digits 0-9: it cannot read "
-                            "numbers aloud. Use `genforge sample --label` instead.")
-        return self.classes.index(str(digit))
-
-    def save_grid(self, clips: np.ndarray, path: str | Path, nrow: int | None = None) -> Path:
-        from genforge.media.audio import save_spectrogram_grid
-
-        return save_spectrogram_grid(self.spectrograms(clips), path, nrow)
-
-    def spectrograms(self, clips: np.ndarray) -> np.ndarray:
-        """Spectrograms (N, bins, frames) in [-1, 1] of clips, to look at: the run's own normalisation for a
-        spectrogram model; for a waveform family, log-magnitude over the 8 natural-log units (~70 dB) below the
-        loudest bin of the set."""
-        from genforge.audio.codec import SpectrogramCodec
-
-        codec = self.codec or SpectrogramCodec(sample_rate=self.sample_rate)
-        clips = np.asarray(clips, np.float32)
-        if clips.shape[1] >= codec.length:
-            clips = clips[:, : codec.length]
-        else:
-            clips = np.pad(clips, ((0, 0), (0, codec.length - clips.shape[1])))
-        if self.stats is not None:
-            return codec.encode(clips, self.stats)
-        logmag = codec.log_magnitude(clips)
-        top = float(logmag.max())
-        return np.clip((logmag - (top - 8.0)) / 8.0 * 2 - 1, -1, 1).astype(np.float32)
+    # -- `speak` in two halves, for a server that batches requests: speak(...) == finish_speech(job, run([job])[0])
+    # when no mark key is set (with one, `run` also marks each digit clip before the joined clip is marked) --

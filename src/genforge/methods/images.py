@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, to_model_range
+from genforge.data.audio import is_audio_dataset
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, Method
 
@@ -57,9 +58,19 @@ class ImageMethod(Method):
     @classmethod
     def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
         tcfg = cfg.train
+        audio_meta = {}
         with accelerator.main_process_first():
-            dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
-                                         image_size=cfg.data.image_size, channels=cfg.data.channels)
+            if is_audio_dataset(cfg.data.dataset):  # clips, through the spectrogram codec: images from here on
+                from genforge.data.spectrograms import load_spectrogram_dataset
+
+                if cfg.data.image_size is not None or cfg.data.channels not in (None, 1):
+                    raise UserError("data.image_size and data.channels do not apply to audio: a clip's image is "
+                                    "set by data.audio (n_fft/2 rows x length/hop columns, 1 channel).")
+                dataset, audio_meta = load_spectrogram_dataset(cfg.data.dataset, cfg.data.audio.model_dump(),
+                                                               data_dir=data_dir, split="train")
+            else:
+                dataset = load_image_dataset(cfg.data.dataset, data_dir=data_dir, split="train",
+                                             image_size=cfg.data.image_size, channels=cfg.data.channels)
         images, labels = dataset.images, dataset.labels
         if cfg.data.subset is not None:
             if cfg.data.subset > len(images):
@@ -71,7 +82,7 @@ class ImageMethod(Method):
         classes = list(dataset.classes) if dataset.labels is not None else []
         spec = DataSpec(h, w, c, len(classes))
         meta = {"dataset": cfg.data.dataset, "height": h, "width": w, "channels": c, "classes": classes,
-                "value_range": [-1, 1], **({"subset": n} if cfg.data.subset is not None else {})}
+                "value_range": [-1, 1], **({"subset": n} if cfg.data.subset is not None else {}), **audio_meta}
         device = accelerator.device
         data = ImageData(images.to(device), labels.to(device) if labels is not None else None,
                          tcfg.batch_size, tcfg.grad_accum, accelerator.process_index, accelerator.num_processes,
@@ -150,5 +161,7 @@ class ImageMethod(Method):
             x = cls.sample(net, data.spec, n, labels, torch.Generator().manual_seed(seed), accelerator.device)
         net.train(was_training)
         out = Path(path).with_suffix(".png")
+        if "codec" in data.meta:  # spectrograms: row 0 is the lowest frequency, drawn at the bottom
+            x = x.flip(2)
         save_grid(from_model_range(x.float()).cpu().numpy(), out, nrow, scale=2)
         return out

@@ -65,7 +65,7 @@ def load(path: str | Path, threads: int | None = None):
     from genforge.runtime.families import FAMILIES
 
     modality = config.get("modality", "image")
-    if modality == "image" and family not in FAMILIES:
+    if modality in ("image", "audio") and family not in FAMILIES:
         raise UserError(f"{path} holds a '{family}' model, which this runtime cannot run (it runs: {', '.join(FAMILIES)}, lm).")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: the RNN graph's declared output shapes draw harmless warnings
@@ -99,6 +99,10 @@ def load(path: str | Path, threads: int | None = None):
             raise UserError(f"{path}: the tokenizer file is damaged (its SHA-256 differs from {EXPORT_FILE}). "
                             "Fix: export the run again.")
         return ExportedTextModel(path, config, sessions, tokenizer_from_json(data.decode("utf-8")))
+    if modality == "audio":
+        from genforge.runtime.audio import ExportedAudioModel
+
+        return ExportedAudioModel(path, config, sessions)
     from genforge.runtime.images import ExportedImageModel
 
     return ExportedImageModel(path, config, sessions)
