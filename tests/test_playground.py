@@ -1,7 +1,8 @@
 """End to end: the web playground of `genforge serve`, driven in headless Chromium (Playwright).
 
-Trains two tiny runs (a conditional GAN and a char GPT), serves them with an API key, then uses the page as a
-person would: images first, then streamed text. GENFORGE_SCREENSHOT=1 also saves docs/playground.png.
+Trains tiny runs (a conditional GAN, a char GPT and, where FSDD is at hand, a spectrogram GAN of spoken digits),
+serves them with an API key, then uses the page as a person would: images first, then streamed text, then a
+number read aloud into the audio player. GENFORGE_SCREENSHOT=1 also saves docs/playground.png.
 """
 
 import os
@@ -24,6 +25,7 @@ if not Path(CHROMIUM).exists():
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from genforge.training import train  # noqa: E402
+from genforge.training.config import apply_overrides, read_raw, validate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import tiny_config, tiny_lm_config  # noqa: E402
@@ -34,6 +36,9 @@ TIMEOUT_MS = 60_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-proxy-server"]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "playground.png"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # FSDD for the speech model
+SPEECH = ["train.max_steps=2", "train.budget_minutes=null", "train.batch_size=8", "data.subset=64", "model.g_width=8",
+          "model.d_width=8", "train.mixed_precision=no", "train.sample_every=1000", "train.checkpoint_every=1000"]
 
 
 def free_port() -> int:
@@ -64,14 +69,18 @@ def server(tmp_path_factory):
     image_run, text_run = root / "img", root / "txt"
     train(tiny_config(model={"conditional": True}), image_run, progress=False)  # labels: the class picker shows
     train(tiny_lm_config(), text_run, progress=False)
+    served = [f"img={image_run}", f"txt={text_run}"]
+    if (DATA / "fsdd" / "recordings").is_dir():
+        train(validate(apply_overrides(read_raw("fsdd-specgan"), SPEECH)), root / "speech", data_dir=DATA,
+              progress=False)
+        served.append(f"speech={root / 'speech'}")
     keyfile = root / "keys.txt"
     keyfile.write_text(f"{KEY}\nsk-another-key-0123456789\n")
     port = free_port()
     log = root / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "genforge.cli", "serve", f"img={image_run}", f"txt={text_run}",
-                                 "--host", "127.0.0.1", "--port", str(port), "--api-key-file", str(keyfile)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "genforge.cli", "serve", *served, "--host", "127.0.0.1",
+                                 "--port", str(port), "--api-key-file", str(keyfile)], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log)
@@ -169,6 +178,40 @@ def test_images_then_streamed_text(server, page):
     if os.environ.get("GENFORGE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_a_number_read_aloud_plays_in_the_audio_player(server, page):
+    if not (DATA / "fsdd" / "recordings").is_dir():
+        pytest.skip(f"the speech model trains on FSDD at {DATA}/fsdd")
+    page.goto(f"{server}/")
+    enter_key(page, KEY)
+    page.wait_for_selector('#model option[value="speech"]', state="attached")
+    page.select_option("#model", "speech")
+    # the form comes from the model's entry: a text box, its voices, the formats this browser plays
+    expect(page.locator("#audio-fields")).to_be_visible()
+    expect(page.locator("#image-fields")).to_be_hidden()
+    expect(page.locator("#text-fields")).to_be_hidden()
+    assert page.eval_on_selector_all("#voice option", "os => os.map(o => o.value)") == ["default"]
+    assert "wav" in page.eval_on_selector_all("#audio-format option", "os => os.map(o => o.value)")
+    assert "8000 Hz" in page.text_content("#model-info")
+
+    page.fill("#speech-input", "hello")  # not digits: the server's message, nothing played
+    page.click("#generate")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("not a digit")
+    expect(page.locator("#generate")).to_be_enabled()
+
+    page.fill("#speech-input", "415 555 0199")
+    page.fill("#speech-seed", "3")
+    page.select_option("#audio-format", "wav")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#speech').dataset.state === 'done'")
+    expect(page.locator("#error")).to_be_hidden()
+    src = page.get_attribute("#player", "src")
+    duration = page.evaluate("document.querySelector('#player').duration")
+    assert src and src.startswith("blob:") and duration > 1.0, (src, duration)  # ten digits and their pauses
+    assert re.search(r"^[\d.]+ s of audio · 8000 Hz · seed 3 · [\d.]+ KiB wav · [\d.]+ s$", page.text_content("#status"))
+    assert page.get_attribute("#download", "download") == "speech.wav"
 
 
 def test_missing_or_wrong_key_asks_for_the_key(server, page):

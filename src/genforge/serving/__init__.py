@@ -1,6 +1,7 @@
-"""`genforge serve`: an OpenAI-compatible HTTP server for trained runs (FastAPI + uvicorn).
+"""`genforge serve`: an OpenAI-compatible HTTP server for trained runs and exports (FastAPI + uvicorn).
 
-protocol.py: the request/response models; app.py: the routes; batching.py: dynamic batching;
-auth.py: API keys; metrics.py: Prometheus; server.py: loading and running; static/: the playground.
-Needs the `serve` extra (fastapi, uvicorn, prometheus-client).
+protocol.py: the request/response models; app.py: the app (open routes, errors, wiring); routes/: the /v1 routes
+per API area (completions, images, audio); common.py: settings, errors, middleware and what every route shares;
+batching.py: dynamic batching; auth.py: API keys; metrics.py: Prometheus; server.py: loading and running;
+static/: the playground. Needs the `serve` extra (fastapi, uvicorn, prometheus-client).
 """

@@ -2,9 +2,10 @@
 what else has arrived (up to `max_batch` rows, waiting at most `max_wait_s`) and runs them as one batch on
 a thread of its own, so the event loop keeps answering while the model works.
 
-Rows are images (an image request of n images is n rows) or text choices (prompts x n). Text rows of
-any length and sampling settings share a batch (the library pads them; each row samples from its
-request's own generator); image requests share one only when their family options are equal. A full
+Rows are images (an image request of n images is n rows), spoken digits (a speech request of d digits is d
+rows) or text choices (prompts x n). Text rows of any length and sampling settings share a batch (the
+library pads them; each row samples from its request's own generator); image and speech requests share
+one only when their keys (the kind of request and the family options) are equal. A full
 queue refuses at once (`QueueFull`, a 429 upstream) instead of growing. A cancelled request (client gone,
 timeout) leaves the queue, or its rows end at their next token, which frees the slot.
 """
@@ -27,7 +28,7 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Pending:
-    """One request in the queue: its jobs (TextJob rows, or one ImageJob) and where results go."""
+    """One request in the queue: its jobs (TextJob rows, or one image or audio job) and where results go."""
 
     jobs: list
     rows: int
@@ -114,7 +115,7 @@ class Batcher:
             self.busy_seconds += self._last_batch_s
 
     def _run(self, batch: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
-        """On the worker thread: one forward pass (images) or one decoding loop (text) for the batch."""
+        """On the worker thread: one forward pass (images, clips) or one decoding loop (text) for the batch."""
 
         def send(p: Pending, event) -> None:
             loop.call_soon_threadsafe(p.events.put_nowait, event)
@@ -138,10 +139,10 @@ class Batcher:
                 batch = [p for i, (p, _, _) in enumerate(spans) if i not in finished]
                 if self.metrics is not None:  # cancelled rows included: what the model really did
                     self.metrics.tokens.labels(self.name).inc(sum(job.completion_tokens for job in jobs))
-            else:
-                images = self.model.run([p.jobs[0] for p in batch])
-                for p, arr in zip(batch, images):
-                    send(p, ("images", arr))
+            else:  # one job per request; the generator renders them together and splits the result
+                results = self.model.run([p.jobs[0] for p in batch])
+                for p, arr in zip(batch, results):
+                    send(p, ("result", arr))
             for p in batch:
                 send(p, ("done", None))
         except Exception as e:  # noqa: BLE001 - handed to each request, which answers with an error

@@ -19,13 +19,15 @@ class Metrics:
         self.requests = Counter("genforge_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
         self.latency = Histogram("genforge_request_seconds", "Request latency by route (to the last byte).",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("genforge_batch_rows", "Rows (images or text choices) per batch.", ["model"],
+        self.batch_rows = Histogram("genforge_batch_rows", "Rows (images, spoken digits or text choices) per batch.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting for a batch.", ["model"], registry=r,
                                  multiprocess_mode="livesum")
         self.tokens = Counter("genforge_generated_tokens", "Tokens generated.", ["model"], registry=r)
         self.prompt_tokens = Counter("genforge_prompt_tokens", "Prompt tokens read.", ["model"], registry=r)
         self.images = Counter("genforge_generated_images", "Images generated.", ["model"], registry=r)
+        self.audio_seconds = Counter("genforge_generated_audio_seconds", "Seconds of speech generated.", ["model"],
+                                     registry=r)
         self.rejected = Counter("genforge_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
 
     def exposition(self) -> tuple[bytes, str]:

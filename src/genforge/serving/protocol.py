@@ -1,6 +1,6 @@
 """The request and response bodies of the OpenAI-shaped API, as pydantic models (the OpenAPI document is
-generated from them). Limits that depend on the server's settings are checked in `app.py`, where the
-settings are; the shapes and fixed ranges live here."""
+generated from them). Limits that depend on the server's settings are checked in the routes
+(`routes/*.py`), where the settings are; the shapes and fixed ranges live here."""
 
 from __future__ import annotations
 
@@ -30,17 +30,25 @@ class ModelLimits(BaseModel):
     max_prompt_tokens: int | None = None
     max_image_calls: int | None = Field(None, description="Image models: the most network calls a request may "
                                         "cost (n x sampler steps, x2 when guided; one per image for one-pass models).")
+    max_audio_calls: int | None = Field(None, description="Audio models: the most network calls a speech request "
+                                        "may cost, counted as for images with one clip per digit.")
+    max_digits: int | None = Field(None, description="Audio models: the most digits one speech input may hold.")
+    max_input_chars: int | None = Field(None, description="Audio models: the most characters of a speech input.")
 
 
 class ModelInfo(BaseModel):
     """genforge's extension to a model entry: what the playground and clients need to build a request."""
 
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "audio"]
     family: str
     classes: list[str] = []
     conditional: bool = False
     image_size: str | None = None
     channels: int | None = None
+    voices: list[str] = Field([], description="Audio models: what a speech request may name as `voice` ('default': "
+                                              "the model's choice, drawn from the seed when it has speakers).")
+    sample_rate: int | None = Field(None, description="Audio models: samples per second of every clip (and of pcm).")
+    response_formats: list[str] = Field([], description="Audio models: the encodings /v1/audio/speech writes.")
     options: dict[str, dict] = {}
     limits: ModelLimits
 
@@ -145,6 +153,39 @@ class ImageData(BaseModel):
 class ImageResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     data: list[ImageData]
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice object; its id names one of the model's voices."""
+
+    id: str
+
+
+SPEECH_FORMATS = ("wav", "flac", "pcm", "mp3")
+SPEECH_MIME = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm", "mp3": "audio/mpeg"}
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's /v1/audio/speech body. genforge's models speak digits: `input` holds digits or number words
+    ("415 555 0199", "four one five"), read in one voice with short pauses between digits and longer ones between
+    groups. Extensions: `seed`, and the model's own sampling options as further fields (listed per model in
+    /v1/models under genforge.options). OpenAI's opus and aac formats, `instructions` and `stream_format: sse`
+    are refused with 400 rather than ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str = Field(..., description="Digits (0-9) or number words, with spaces or punctuation between groups; "
+                                        "at most the model's max_input_chars characters and max_digits digits.")
+    voice: str | VoiceRef = Field("default", description="One of the model's voices (see /v1/models), or 'default'.")
+    response_format: Literal["wav", "flac", "pcm", "mp3"] = Field(
+        "wav", description="wav (16-bit PCM, the default here; OpenAI's is mp3), flac, mp3, or pcm: raw 16-bit "
+                           "little-endian mono samples at the model's rate (the X-Sample-Rate header). wav, flac and "
+                           "mp3 carry the provenance (and a C2PA manifest when the server signs).")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="1.0 is normal; higher reads faster (pitch kept).")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Extension: the same seed gives the same audio.")
+    instructions: str | None = Field(None, description="Not supported: must be absent.")
+    stream_format: Literal["audio", "sse"] | None = Field(None, description="Only 'audio' (the whole file) is served.")
 
 
 class Health(BaseModel):

@@ -34,11 +34,17 @@ def parse_models(items: list[str]) -> dict[str, str]:
 
 def load_models(spec: dict[str, str], precision: str = "auto") -> dict:
     """{name: generator}; only genforge run directories (config.json + safetensors, never pickle) and
-    `genforge export` directories (ONNX on onnxruntime) load."""
-    from genforge.artifacts import load
+    `genforge export` directories (ONNX on onnxruntime) load. Exports alone need no torch."""
     from genforge.runtime import is_export, load as load_export
 
-    return {name: load_export(path) if is_export(path) else load(path, precision=precision) for name, path in spec.items()}
+    def one(path: str):
+        if is_export(path):
+            return load_export(path)
+        from genforge.artifacts import load  # torch: only for run directories
+
+        return load(path, precision=precision)
+
+    return {name: one(path) for name, path in spec.items()}
 
 
 def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -57,11 +63,12 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
         app = create_app(load_models(models, precision), settings)
         uvicorn.run(app, **common)
         return
-    from genforge.artifacts import read_config
     from genforge.runtime import is_export
 
     for path in models.values():  # fail here, once, rather than in every worker
         if not is_export(path):
+            from genforge.artifacts import read_config  # torch: only for run directories
+
             read_config(path)
     # the keys stay in their file (or GENFORGE_API_KEYS): each worker reads them itself
     os.environ["GENFORGE_SERVE"] = json.dumps({"models": models, "precision": precision, "api_key_file": api_key_file,

@@ -13,11 +13,15 @@ const TEXT_OPTIONS = {
   top_k: {type: "int", default: null, min: 1, help: "Sample only from the k likeliest tokens (optional)."},
 };
 
+// The encodings /v1/audio/speech may answer in, and their types; raw pcm has no header, so no player takes it.
+const AUDIO_TYPES = {wav: "audio/wav", flac: "audio/flac", mp3: "audio/mpeg", pcm: null};
+
 const $ = (id) => document.getElementById(id);
 let models = new Map();    // id -> entry of GET /v1/models
 let optionInputs = [];     // [{name, spec, input}] for the selected model
 let controller = null;     // AbortController of the running request
 let modelsRequest = 0;     // only the newest model-list answer is used
+let audioUrl = null;       // object URL of the clip in the player (revoked when replaced)
 
 // ---- HTTP ----
 
@@ -100,8 +104,10 @@ function seconds(started) {
 
 function describe(model) {
   const info = model.genforge || {};
-  const parts = [info.modality, info.family, info.image_size];
+  const parts = [info.modality, info.family, info.image_size, info.sample_rate && `${info.sample_rate} Hz`];
   if (info.conditional && info.classes && info.classes.length) parts.push(`${info.classes.length} classes`);
+  const voices = (info.voices || []).filter((v) => v !== "default");
+  if (voices.length) parts.push(`${voices.length} voice${voices.length === 1 ? "" : "s"}`);
   return parts.filter(Boolean).join(" · ");
 }
 
@@ -145,12 +151,14 @@ function renderModel() {
   const model = models.get($("model").value);
   const info = (model && model.genforge) || {};
   const limits = info.limits || {};
-  const isImage = info.modality === "image", isText = info.modality === "text";
+  const isImage = info.modality === "image", isText = info.modality === "text", isAudio = info.modality === "audio";
+  const known = isImage || isText || isAudio;
   show($("image-fields"), isImage);
   show($("text-fields"), isText);
+  show($("audio-fields"), isAudio);
   $("model-info").textContent = !model ? ""
-    : isImage || isText ? describe(model) : `${describe(model)}: this playground cannot drive this kind of model yet.`;
-  $("generate").disabled = !(isImage || isText) || controller !== null;
+    : known ? describe(model) : `${describe(model)}: this playground cannot drive this kind of model yet.`;
+  $("generate").disabled = !known || controller !== null;
   optionInputs = [];
   if (isImage) {
     setMax($("n"), limits.max_n);
@@ -163,7 +171,29 @@ function renderModel() {
     const specs = {};
     for (const [name, spec] of Object.entries(TEXT_OPTIONS)) specs[name] = {...spec, ...((info.options || {})[name] || {})};
     buildOptions($("text-options"), {...info.options, ...specs});
+  } else if (isAudio) {
+    renderSpeechFields(info, limits);
   }
+}
+
+// The speech form from the model's entry: its voices ("default" first: the model's choice), the formats the
+// server writes that this browser can play, its limits and its own options.
+function renderSpeechFields(info, limits) {
+  const voices = info.voices && info.voices.length ? info.voices : ["default"];
+  const ordered = voices.includes("default") ? ["default", ...voices.filter((v) => v !== "default")] : voices;
+  const previousVoice = $("voice").value;
+  $("voice").replaceChildren(...ordered.map((v) => new Option(v === "default" ? "default (the model's choice)" : v, v)));
+  if (ordered.includes(previousVoice)) $("voice").value = previousVoice;
+  const player = $("player");
+  const playable = (info.response_formats || ["wav"]).filter((f) => AUDIO_TYPES[f] && player.canPlayType(AUDIO_TYPES[f]));
+  const previousFormat = $("audio-format").value;
+  $("audio-format").replaceChildren(...playable.map((f) => new Option(f, f)));
+  if (playable.includes(previousFormat)) $("audio-format").value = previousFormat;
+  const input = $("speech-input");
+  if (limits.max_input_chars) input.maxLength = limits.max_input_chars;
+  else input.removeAttribute("maxlength");
+  $("speech-limits").textContent = limits.max_digits ? `(at most ${limits.max_digits} digits)` : "";
+  buildOptions($("audio-options"), info.options || {});
 }
 
 // One labelled input per option the server describes: {type, default, min, max, step?, choices?, help}.
@@ -254,6 +284,38 @@ async function generateImages(model, signal, started) {
   setStatus(`${result.data.length} image${result.data.length === 1 ? "" : "s"} in ${seconds(started)}`);
 }
 
+// The clip arrives whole (the body is the audio file); the player gets it as an object URL.
+async function generateSpeech(model, signal, started) {
+  const box = $("speech"), player = $("player");
+  box.dataset.state = "running";
+  const format = $("audio-format").value || "wav";
+  const body = {model: model.id, input: $("speech-input").value, voice: $("voice").value || "default",
+                speed: Number($("speed").value), response_format: format, seed: numberOrNothing($("speech-seed")),
+                ...optionValues()};
+  setStatus("Speaking…");
+  const resp = await request("/v1/audio/speech", body, signal);
+  const rate = resp.headers.get("X-Sample-Rate"), seed = resp.headers.get("X-Seed");
+  const blob = await resp.blob();
+  if (audioUrl) URL.revokeObjectURL(audioUrl);
+  audioUrl = URL.createObjectURL(blob);
+  const loaded = new Promise((resolve, reject) => {
+    player.addEventListener("loadedmetadata", resolve, {once: true});
+    player.addEventListener("error", () => reject(new Error("This browser could not play the audio; download it instead.")),
+                            {once: true});
+  });
+  player.src = audioUrl;
+  $("download").href = audioUrl;
+  $("download").download = `speech.${format}`;
+  box.hidden = false;
+  await loaded;
+  box.dataset.state = "done";
+  const parts = [`${player.duration.toFixed(2)} s of audio`];
+  if (rate) parts.push(`${rate} Hz`);
+  if (seed) parts.push(`seed ${seed}`);
+  parts.push(`${(blob.size / 1024).toFixed(1)} KiB ${format}`, seconds(started));
+  setStatus(parts.join(" · "));
+}
+
 async function generateText(model, signal, started) {
   const out = $("output");
   out.textContent = "";
@@ -305,7 +367,7 @@ async function generate(event) {
   event.preventDefault();
   const model = models.get($("model").value);
   if (!model || controller) return;
-  const isText = (model.genforge || {}).modality === "text";
+  const modality = (model.genforge || {}).modality;
   controller = new AbortController();
   $("generate").disabled = true;
   $("stop-button").disabled = false;
@@ -313,9 +375,10 @@ async function generate(event) {
   $("results").setAttribute("aria-busy", "true");
   showError(null);
   const started = performance.now();
-  const target = isText ? $("output") : $("images");
+  const [target, run] = {text: [$("output"), generateText], audio: [$("speech"), generateSpeech]}[modality]
+    || [$("images"), generateImages];
   try {
-    await (isText ? generateText : generateImages)(model, controller.signal, started);
+    await run(model, controller.signal, started);
   } catch (err) {
     if (err.name === "AbortError") {
       target.dataset.state = "stopped";
@@ -350,8 +413,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("model").addEventListener("change", renderModel);
   $("form").addEventListener("submit", generate);
   $("stop-button").addEventListener("click", () => controller && controller.abort());
-  $("prompt").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
-  });
+  for (const id of ["prompt", "speech-input"]) {
+    $(id).addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
+    });
+  }
   loadModels();
 });
