@@ -135,3 +135,29 @@ def test_export_speaks_the_same_clips_as_pytorch(gan_run, tmp_path):
     r = cli("speak", path, "12", "--out", tmp_path / "e.wav", "--seed", "1", "--no-mark")
     assert r.returncode == 0, r.stderr
     assert sf.info(tmp_path / "e.wav").samplerate == 8000
+
+
+def test_in_training_fd_of_clips_scores_a_spectrogram_run(tmp_path, monkeypatch):
+    """train.eval_every on audio data: the FD of decoded clips in the spoken-digit evaluator's features (what
+    `genforge tune` optimises), best weights kept; a tiny evaluator stands in for the real one."""
+    from genforge.evaluation import AudioRecipe, TrainingAudioFD, train_audio_evaluator, training_evaluator
+
+    tiny = AudioRecipe(widths=(8, 16, 16), feature_dim=16, batch_size=32, max_lr=1e-2, epochs=0.05)
+    root = tmp_path / "evaluators"
+    train_audio_evaluator("fsdd", DATA, root=root, recipe=tiny, max_steps=20, device="cpu")
+    monkeypatch.setenv("GENFORGE_EVALUATORS", str(root))
+    cfg = validate(apply_overrides(read_raw("fsdd-specgan"), TINY + SIZES["fsdd-specgan"] +
+                                   ["train.eval_every=2", "train.eval_samples=100"]))
+    evaluate = training_evaluator(cfg, DATA)
+    assert isinstance(evaluate, TrainingAudioFD)
+    run = train(cfg, tmp_path / "run", data_dir=DATA, progress=False, evaluate=evaluate).run_dir
+    records = [r for r in map(__import__("json").loads, (run / "metrics.jsonl").read_text().splitlines())
+               if "eval_score" in r]
+    assert records and records[-1]["eval_score"] > 0
+    assert (run / "model-best.safetensors").exists()
+    # real clips' own spectrograms, decoded, score far better than the untrained generator's
+    from genforge.data.spectrograms import load_spectrogram_dataset
+
+    test_images, _ = load_spectrogram_dataset("fsdd", cfg.data.audio.model_dump(), DATA, "test", stats=evaluate.stats)
+    real = evaluate(lambda m, rng: test_images.images[torch.randint(len(test_images), (m,), generator=rng)])
+    assert real < records[-1]["eval_score"]

@@ -61,10 +61,9 @@ def train(
         raise UserError("--resume keeps the run's model and data; drop the --set/--dataset options that change them.")
     evaluate = None
     if cfg.train.eval_every and not get_method(cfg.family).self_evaluates:  # language models score themselves
-        from genforge.evaluation import TrainingFID
+        from genforge.evaluation import training_evaluator
 
-        evaluate = TrainingFID(cfg.data.dataset, data_dir, n=cfg.train.eval_samples, seed=cfg.train.seed,
-                               progress=not no_progress)
+        evaluate = training_evaluator(cfg, data_dir, progress=not no_progress)  # FID, or FD of clips for audio
     result = run_training(cfg, out_dir, data_dir=data_dir, resume=resume, progress=not no_progress, evaluate=evaluate)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.step and result.items_per_second:

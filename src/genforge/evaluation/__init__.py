@@ -59,6 +59,7 @@ from genforge.evaluation.metrics import (FrechetDistance, class_statistics, fid,
                                          memorization, nearest_neighbour_distances, prdc)
 from genforge.evaluation.reference import Reference, memorization_threshold, reference_features
 from genforge.evaluation.runner import EVAL_FILE, METRIC_INFO, evaluate_images, evaluate_run
+from genforge.evaluation.training_audio import TrainingAudioFD, training_evaluator
 from genforge.evaluation.training_fid import TrainingFID
 
 __all__ = [
@@ -66,7 +67,7 @@ __all__ = [
     "load_evaluator", "train_evaluator", "EvaluatorFeatures", "InceptionExtractor", "FrechetDistance",
     "class_statistics", "fid", "inception_score", "kid", "knn_radii", "memorization", "nearest_neighbour_distances",
     "prdc", "Reference", "memorization_threshold", "reference_features", "EVAL_FILE", "METRIC_INFO",
-    "evaluate_images", "evaluate_run", "TrainingFID", "AUDIO_EVALUATOR_DATASETS", "AudioEvaluator",
+    "evaluate_images", "evaluate_run", "TrainingFID", "TrainingAudioFD", "training_evaluator", "AUDIO_EVALUATOR_DATASETS", "AudioEvaluator",
     "AudioEvaluatorNet", "AudioRecipe", "is_audio_evaluator_dataset", "load_audio_evaluator", "mel_filterbank",
     "train_audio_evaluator", "clip_reference", "evaluate_clips", "score_features",
 ]

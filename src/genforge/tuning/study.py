@@ -158,12 +158,12 @@ def tune(preset: str, space: str | Path | dict, trials: int, out: str | Path, *,
     def evaluator(cfg):
         if get_method(cfg.family).self_evaluates:
             return None
-        if "fid" not in evaluate_cache:
-            from genforge.evaluation import TrainingFID
+        key = (cfg.data.dataset, repr(cfg.data.audio), cfg.train.eval_samples, cfg.train.seed)
+        if key not in evaluate_cache:  # FID of images, or FD of clips for audio data
+            from genforge.evaluation import training_evaluator
 
-            evaluate_cache["fid"] = TrainingFID(cfg.data.dataset, data_dir, n=cfg.train.eval_samples,
-                                                seed=cfg.train.seed, progress=False)
-        return evaluate_cache["fid"]
+            evaluate_cache[key] = training_evaluator(cfg, data_dir, progress=False)
+        return evaluate_cache[key]
 
     def objective(trial):
         trial.set_user_attr("host", socket.gethostname())
