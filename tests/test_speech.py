@@ -161,3 +161,36 @@ def test_in_training_fd_of_clips_scores_a_spectrogram_run(tmp_path, monkeypatch)
     test_images, _ = load_spectrogram_dataset("fsdd", cfg.data.audio.model_dump(), DATA, "test", stats=evaluate.stats)
     real = evaluate(lambda m, rng: test_images.images[torch.randint(len(test_images), (m,), generator=rng)])
     assert real < records[-1]["eval_score"]
+
+
+def test_wavenet_export_generates_and_speaks_the_torch_clips(tmp_path):
+    """`genforge export` of a (tiny) WaveNet run, opened by the torch-free runtime: the same clips as PyTorch from
+    the same draws (ids equal, so samples equal exactly), its voices, and `genforge speak EXPORT`."""
+    pytest.importorskip("onnxruntime")
+    from genforge.export import export
+    from genforge.runtime import load as load_export
+
+    raw = apply_overrides(read_raw("fsdd-wavenet"), ["data.audio.length=1024", "train.max_steps=2", "train.batch_size=2",
+                                                     "train.sample_every=1000", "train.checkpoint_every=1000",
+                                                     "train.eval_every=1000", "train.mixed_precision=no",
+                                                     "model.window=128", "model.residual_channels=8",
+                                                     "model.skip_channels=8", "model.layers_per_cycle=4",
+                                                     "model.cycles=1"])
+    raw["train"].pop("budget_minutes")
+    run = train(validate(raw), tmp_path / "wn", data_dir=DATA, progress=False).run_dir
+    gen = genforge.load(run, precision="no")
+    gen.use_mark_key(False)
+    assert gen.voices == ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+    rt = load_export(export(run, tmp_path / "exp"))
+    rt.use_mark_key(False)
+    assert rt.modality == "audio" and rt.voices == gen.voices and rt.length == gen.length == 1024
+    drawn = gen._draw(3, [1, 5, 9], torch.Generator().manual_seed(2), "theo", gen._options({}))
+    torch_clips = gen._render([drawn], gen._options({}), mark=False)[0]
+    rt_clips = rt.render({k: v.numpy() for k, v in drawn.items()}, mark=False)
+    assert np.array_equal(torch_clips, rt_clips)
+    clip = rt.speak("90", speaker="lucas", seed=1)
+    assert clip.ndim == 1 and np.isfinite(clip).all()
+    r = cli("speak", tmp_path / "exp", "9 0", "--speaker", "lucas", "--out", tmp_path / "n.wav", "--no-mark")
+    assert r.returncode == 0, r.stderr
+    r = cli("speak", tmp_path / "exp", "9 0", "--speaker", "alloy", "--out", tmp_path / "n.wav", "--no-mark")
+    assert r.returncode == 2 and "yweweler" in r.stderr
