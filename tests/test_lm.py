@@ -331,7 +331,8 @@ def test_budget_planner_plans_after_a_tenth_of_the_budget_when_steps_are_slow():
 
 
 def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_file, tmp_path):
-    raw = lm_raw(text_file, max_steps=100_000, eval_every=None, checkpoint_every=10, budget_minutes=0.08)
+    # 12 s: long enough that a hiccup of the box (a slow checkpoint write) does not reach the hard stop
+    raw = lm_raw(text_file, max_steps=100_000, eval_every=None, checkpoint_every=50, budget_minutes=0.2)
     result = train(validate(raw), tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     plan = next(r for r in records if r.get("event") == "budget")
