@@ -13,9 +13,12 @@ from .dataset import ImageDataset
 from .download import download_dataset
 from .loading import dataset_info, load_image_dataset
 from .registry import KNOWN_DATASETS, resolve_data_dir
+from .video import (MOVING_MNIST, VIDEO_EXTENSIONS, Clips, MovingMnist, is_video_dataset, load_clip_folder,
+                    read_clip)
 from .transforms import Augment, augment_batch, from_model_range, preprocess, to_model_range
 
 __all__ = [
+    "MOVING_MNIST", "VIDEO_EXTENSIONS", "Clips", "MovingMnist", "is_video_dataset", "load_clip_folder", "read_clip",
     "ImageDataset",
     "AudioDataset",
     "AUDIO_EXTENSIONS",

@@ -297,9 +297,10 @@ def mirrors_for(spec: DatasetSpec) -> tuple[str, ...]:
 
 
 def valid_names_text() -> str:
-    return ", ".join(KNOWN_DATASETS) + f", or {FOLDER_PREFIX}PATH for a folder of PNG/JPEG/WebP images or " \
-                                       "WAV/FLAC/MP3/OGG audio (one sub-folder per class, or no sub-folders for " \
-                                       "unlabelled files)"
+    return ", ".join(KNOWN_DATASETS) + f", moving-mnist (video clips generated from MNIST), or {FOLDER_PREFIX}PATH " \
+                                       "for a folder of PNG/JPEG/WebP images, WAV/FLAC/MP3/OGG audio or " \
+                                       "MP4/WebM/GIF/WebP/APNG clips (one sub-folder per class, or no sub-folders " \
+                                       "for unlabelled files)"
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -319,8 +320,12 @@ def parse_name(name: str) -> tuple[str, str]:
         return "standard", key
     if key == EMBEDDED_MNIST_MINI:
         return "embedded", key
+    if key in ("moving-mnist", "moving_mnist", "movingmnist"):
+        raise UserError("'moving-mnist' is a video dataset, generated from MNIST on the fly, not a set of images. "
+                        "Fix: train it with a video preset (moving-mnist-diffusion, moving-mnist-gan) or load it "
+                        "with genforge.data.video.MovingMnist.")
     hint = ""
-    close = difflib.get_close_matches(key, KNOWN_DATASETS, n=1)
+    close = difflib.get_close_matches(key, (*KNOWN_DATASETS, "moving-mnist"), n=1)
     if close:
         hint = f" Did you mean '{close[0]}'?"
     elif Path(raw).expanduser().is_dir():

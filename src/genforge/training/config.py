@@ -47,9 +47,65 @@ class AudioConfig(Strict):
         return v
 
 
+class VideoConfig(Strict):
+    """Video clips: how Moving MNIST is generated, or how a folder of clips is cut to the model's shape.
+
+    Defaults follow Srivastava et al. 2015 (64-px canvas, 28-px digits, 3.6 px/frame, reflection at the walls);
+    genforge/data/video.py says why and what differs."""
+
+    frames: int = Field(16, ge=2, le=64, description="video: frames per clip (folders: the first this many; "
+                                                     "shorter clips are dropped and counted)")
+    fps: float = Field(8.0, gt=0, le=120, description="video: playback rate of the clips, frames per second")
+    digits: int = Field(1, ge=1, le=3, description="moving-mnist: digits per clip; labels are the digit (1), the "
+                                                   "unordered pair 'a+b' (2, 55 classes), none for 3")
+    canvas: int = Field(64, ge=32, le=256, description="moving-mnist: side of the square canvas in pixels (even; "
+                                                       "the digits are 28 px)")
+    size: int | None = Field(None, description="video: frame side the model sees, even, 16..canvas; moving-mnist "
+                                               "area-downsamples the canvas, folders resize; None = canvas")
+    motion: Literal["bounce", "stochastic"] = Field(
+        "bounce", description="moving-mnist: bounce = constant velocity, a digit reaching a wall stops on it "
+                              "and reflects (Srivastava et al. 2015); stochastic = a new random direction and "
+                              "speed at each wall (Denton & Fergus 2018)")
+    speed: list[float] = Field([3.6, 3.6], description="moving-mnist: [lo, hi] px/frame at canvas scale, one speed "
+                                                      "drawn per clip; 3.6 is the original's 0.1 of the 36-px range")
+    clips: int = Field(60000, ge=1, description="moving-mnist: clips in one epoch (clip i is fixed by its index)")
+
+    @field_validator("canvas")
+    @classmethod
+    def _even_canvas(cls, v):
+        if v % 2:
+            raise ValueError("data.video.canvas must be even (H.264 needs even frame sizes)")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _size_fits(cls, v, info):
+        canvas = info.data.get("canvas")
+        if v is not None and (v % 2 or v < 16 or (canvas is not None and v > canvas)):
+            raise ValueError(f"data.video.size must be None or an even side from 16 to data.video.canvas "
+                             f"({canvas})")
+        return v
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_range(cls, v, info):
+        if len(v) != 2:
+            raise ValueError("data.video.speed must be [lo, hi] (two numbers, px/frame)")
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError("data.video.speed [lo, hi] needs 0 < lo <= hi")
+        canvas = info.data.get("canvas")
+        if canvas is not None and hi > canvas - 28:
+            raise ValueError(f"data.video.speed hi ({hi}) must be at most canvas-28 ({canvas - 28}) px/frame, "
+                             "one crossing of the box per frame")
+        return v
+
+
 class DataConfig(Strict):
     dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, folder:PATH; "
-                                               "audio: fsdd, folder:PATH (of WAV/FLAC/MP3); text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
+                                               "audio: fsdd, folder:PATH (of WAV/FLAC/MP3); video: moving-mnist, "
+                                               "folder:PATH (of MP4/WebM/GIF/WebP/APNG clips); "
+                                               "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
     image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
     channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
     augment: AugmentConfig = AugmentConfig()
@@ -59,6 +115,7 @@ class DataConfig(Strict):
     vocab_size: int | None = Field(None, ge=256, description="text: BPE vocabulary size (bpe only; default 2048)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="text: the last part of the corpus, held out for validation")
     audio: AudioConfig = AudioConfig()
+    video: VideoConfig = VideoConfig()
 
 
 class TrainConfig(Strict):
