@@ -2,9 +2,10 @@
 being generated. Torch-free: a verifier ships with the runtime.
 
 Three independent layers, each reported on its own: the embedded metadata (XMP; a FLAC file's Vorbis comments; a
-text file's sidecar), the C2PA manifest (and whether its signature and hashes hold), and the keyed mark (needs the
-key; text also needs the model's tokenizer). The verdict is the strongest finding: a broken C2PA manifest beats
-everything (the file was altered after signing), then any layer that says "generated".
+text file's sidecar; GIF clips have none), the C2PA manifest (and whether its signature and hashes hold), and the
+keyed mark (needs the key; text also needs the model's tokenizer; a clip's is pooled over its frames). The verdict
+is the strongest finding: a broken C2PA manifest beats everything (the file was altered after signing), then any
+layer that says "generated".
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from genforge.errors import UserError
 from genforge.media.audio import audio_format, decode_audio
 from genforge.media.audio_mark import AudioMark
 from genforge.media.images import decode
 from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
+from genforge.media.video import clip_format, clip_layout, decode_clip, detect_clip_mark
+from genforge.media.video_containers import mp4_xmp
 from genforge.media.watermark import ImageMark, MarkKey, TextMark
 
 GENERATED, NOT_FOUND, TAMPERED = 0, 1, 3  # exit codes (2 is the CLI's usage error)
@@ -25,7 +30,7 @@ GENERATED, NOT_FOUND, TAMPERED = 0, 1, 3  # exit codes (2 is the CLI's usage err
 
 @dataclass
 class Report:
-    kind: str  # image | audio | text
+    kind: str  # image | audio | video | text
     source: str
     metadata: dict | None = None
     c2pa: dict | None = None
@@ -65,6 +70,10 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
             report = _verify_audio(data, path, keys)
             if report is not None:
                 return report
+        if clip_format(data) is not None or path.suffix.lower() in CLIP_SUFFIXES:
+            report = _verify_clip(data, path, keys)
+            if report is not None:
+                return report
         try:
             pixels, xmp, fmt = decode(data)
         except ValueError as e:
@@ -81,7 +90,7 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
             return _verify_text(text, str(path), keys, model, read_sidecar(path))
         return _verify_image(data, pixels, xmp, f"{path} ({fmt})", keys)
     if len(target) < 200 and ("/" in target or target.endswith((".png", ".jpg", ".jpeg", ".webp", ".txt", ".wav",
-                                                                 ".flac", ".mp3", ".ogg"))):
+                                                                 ".flac", ".mp3", ".ogg") + CLIP_SUFFIXES)):
         raise UserError(f"{target}: no such file. (To verify text itself, pass the text; quote it.)")
     return _verify_text(target, "text given", keys, model, None)
 
@@ -92,10 +101,13 @@ def _verify_image(data: bytes, pixels, xmp, source: str, keys: list[MarkKey]) ->
         report.c2pa = c2pa_read(data)
     except ImportError:
         report.c2pa_note = "C2PA not checked: pip install 'genforge[provenance]'"
-    grid = ((report.metadata or {}).get("parameters") or {}).get("grid") if report.metadata else None
+    parameters = ((report.metadata or {}).get("parameters") or {}) if report.metadata else {}
+    grid, strip = parameters.get("grid"), parameters.get("filmstrip")
     for key in keys:
         mark = ImageMark(key)
-        if grid:
+        if isinstance(strip, dict):
+            report.marks.append(_filmstrip_marks(mark, pixels, strip))
+        elif grid:
             report.marks.append(_grid_marks(mark, pixels, grid))
         else:
             report.marks.append(mark.detect(pixels))
@@ -129,6 +141,83 @@ def _verify_audio(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None
     if not keys:
         report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the inaudible mark was not checked")
     return report
+
+
+CLIP_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".gif", ".apng")
+
+
+def _verify_clip(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None:
+    """A clip (MP4 or another FFmpeg container; animated WebP, GIF, APNG): its XMP record (none in GIF), C2PA
+    manifest, and the keyed image mark pooled over its frames (media.video.detect_clip_mark). None when the bytes
+    are a still image after all (a one-frame GIF or APNG), which the image path then reports."""
+    fmt = clip_format(data)
+    try:
+        frames, fps, record, fmt = decode_clip(data)
+    except ImportError as e:  # an MP4 without PyAV: the metadata and manifest are still readable
+        report = Report("video", f"{path} ({(fmt or '?').upper()}, frames not decoded)",
+                        metadata=parse_xmp(mp4_xmp(data)) if fmt == "mp4" else None)
+        report.notes.append(f"{e}: the mark was not checked")
+        _read_c2pa(report, data)
+        return report
+    except ValueError as e:
+        signed = _c2pa_or_none(data)
+        if signed is not None:  # a signed clip whose frames no longer decode: altered after signing
+            report = Report("video", f"{path} (undecodable {(fmt or path.suffix.lstrip('.')).upper()})", c2pa=signed)
+            report.notes.append(f"the clip does not decode: {e}")
+            return report
+        if path.suffix.lower() in CLIP_SUFFIXES:
+            raise UserError(f"{path}: {e}; is it a complete {path.suffix.lstrip('.').upper()} clip?") from None
+        return None
+    if len(frames) == 1 and fmt in ("png", "gif", "webp"):
+        return None
+    t, h, w, _ = frames.shape
+    report = Report("video", f"{path} ({fmt.upper()}, {t} frames of {h}x{w}, {fps:g} fps)", metadata=record)
+    _read_c2pa(report, data)
+    if fmt == "gif":
+        report.notes.append("GIF has no place for XMP metadata: its provenance is the C2PA manifest (when signed) "
+                            "and the mark")
+    layout = clip_layout(record)
+    scale = layout.get("scale")
+    if scale is None or [h, w] != [s * scale for s in layout.get("size", [])]:
+        scale = None  # no record, or frames that are not what it describes: try the enlargements
+    for key in keys:
+        report.marks.append(detect_clip_mark(ImageMark(key), frames, scale))
+    if not keys:
+        report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the invisible mark was not checked")
+    return report
+
+
+def _read_c2pa(report: Report, data: bytes) -> None:
+    try:
+        report.c2pa = c2pa_read(data)
+    except ImportError:
+        report.c2pa_note = "C2PA not checked: pip install 'genforge[provenance]'"
+
+
+def _filmstrip_marks(mark: ImageMark, pixels, strip: dict) -> dict:
+    """A filmstrip written by media.video.save_filmstrip: each row cut back into its clip and the mark pooled over
+    its frames; detected when most clips are."""
+    empty = {"key_id": mark.key.id, "detected": False, "tiles": 0, "tiles_detected": 0, "z_median": None}
+    try:
+        n, t, (h, w) = int(strip["clips"]), int(strip["frames"]), (int(v) for v in strip["tile"])
+        pad, scale = int(strip.get("pad", 2)), max(1, int(strip.get("scale", 1)))
+    except (KeyError, TypeError, ValueError):
+        return empty
+    if min(h, w, pad + 1, t) < 1:
+        return empty
+    pixels = pixels[::scale, ::scale]
+    n = min(n, (pixels.shape[0] - pad) // (h + pad))  # no more than the image holds, whatever the record says
+    t = min(t, (pixels.shape[1] - pad) // (w + pad))
+    found = []
+    for i in range(n):
+        y = pad + i * (h + pad)
+        clip = [pixels[y:y + h, pad + j * (w + pad):pad + j * (w + pad) + w] for j in range(t)]
+        if all(f.shape[:2] == (h, w) for f in clip) and clip:
+            found.append(detect_clip_mark(mark, np.stack(clip), 1))
+    hits = sum(c["detected"] for c in found)
+    return {"key_id": mark.key.id, "detected": bool(found) and hits * 2 > len(found), "tiles": len(found),
+            "tiles_detected": hits, "z_median": sorted(c["z"] for c in found)[len(found) // 2] if found else None,
+            "clips": True}
 
 
 def _c2pa_or_none(data: bytes) -> dict | None:

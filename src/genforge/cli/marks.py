@@ -49,7 +49,7 @@ def keygen(
 @app.command()
 @user_errors
 def verify(
-    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), audio (WAV, FLAC, MP3), a text file, or text itself."),
+    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a clip (MP4, animated WebP, GIF, APNG), audio (WAV, FLAC, MP3), a text file, or text itself."),
     key: List[Path] = typer.Option([], "--key", help="Mark key file to test (repeatable; default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -92,7 +92,7 @@ def verify(
     for m in data["marks"]:
         if "tiles" in m:
             out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'} in "
-                      f"{m['tiles_detected']} of {m['tiles']} grid tiles (median z {m['z_median']})", highlight=False, soft_wrap=True)
+                      f"{m['tiles_detected']} of {m['tiles']} {'filmstrip clips' if m.get('clips') else 'grid tiles'} (median z {m['z_median']})", highlight=False, soft_wrap=True)
         else:
             where = f", {m['tokens_scored']} tokens scored" if "tokens_scored" in m else f", view {m.get('view')}"
             out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'}: z {m['z']}, "
