@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from genforge import precision as prec
 from genforge.errors import UserError
 from genforge.files import atomic_write_text, save_tensors
-from genforge.generators import AudioGenerator, ImageGenerator, TextGenerator
+from genforge.generators import AudioGenerator, ImageGenerator, TextGenerator, VideoGenerator
 from genforge.generators.base import WEIGHTS_FILE
 from genforge.methods import get_method
 
@@ -48,15 +48,18 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def modality_of(meta: dict) -> str:
-    """What a run generates: its family's modality, or "audio" when its data went through an audio codec (an image
-    family trained on spectrograms generates sound)."""
-    if (meta.get("data") or {}).get("codec"):
+    """What a run generates: its family's modality, or what its data made of it: "audio" when the data went through
+    an audio codec (an image family trained on spectrograms generates sound), "video" when they were clips."""
+    data = meta.get("data") or {}
+    if data.get("codec"):
         return "audio"
+    if data.get("frames"):
+        return "video"
     return get_method(meta.get("family", "?")).modality
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None,
-         select: str | None = None, precision: str = "auto") -> ImageGenerator | TextGenerator | AudioGenerator:
+         select: str | None = None, precision: str = "auto") -> ImageGenerator | TextGenerator | AudioGenerator | VideoGenerator:
     """Load a trained run directory for generation (safetensors only).
 
     `select`: "best" (the weights with the best in-training evaluation), "last", or None = best when the
@@ -91,8 +94,11 @@ def load(run_dir: str | Path, device: str | torch.device | None = None,
         raise UserError(f"{weights} does not match the model in {CONFIG_FILE} (missing {missing[:3]}, unexpected {unexpected[:3]}).")
     dev = torch.device(device) if device else torch.device("cpu")
     net.to(dev).eval()
-    if modality_of(meta) == "audio":
+    modality = modality_of(meta)
+    if modality == "audio":
         return AudioGenerator(run_dir, meta, net, dev, weights.name, precision)
+    if modality == "video":
+        return VideoGenerator(run_dir, meta, net, dev, weights.name, precision)
     if method.modality == "text":
         from genforge.tokenizers import load_tokenizer
 

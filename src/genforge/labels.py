@@ -31,3 +31,11 @@ def label_indices(classes: list[str], conditional: bool, labels, n: int) -> list
     if len(labels) != n:
         raise UserError(f"Got {len(labels)} labels for {n} images: give one label, or one per image.")
     return labels
+
+
+def cycle_labels(labels, n: int):
+    """Several labels given for n samples (`--label 3 --label 7 --n 4`): each in turn (3, 7, 3, 7); one label or
+    None as given."""
+    if isinstance(labels, (list, tuple)) and len(labels) != n:
+        return [labels[i % len(labels)] for i in range(n)] if labels else None
+    return labels

@@ -1,4 +1,4 @@
-"""`genforge sample` (images, text; audio in cli/speech.py) and `genforge reconstruct`."""
+"""`genforge sample` (images, text; audio in cli/speech.py, video in cli/video.py) and `genforge reconstruct`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 
 from genforge.cli.common import app, err, leave_distributed, out, signer_from, user_errors
 from genforge.errors import UserError
+from genforge.labels import cycle_labels
 
 
 @app.command()
@@ -19,9 +20,12 @@ from genforge.errors import UserError
 def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`, or an export directory "
                                              "written by `genforge export` (sampled without torch, on onnxruntime)."),
-    n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64) or texts (default 1)."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64), texts (default 1), audio clips (default 8) or video clips (default 4)."),
     out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Text: a file to write instead of printing."),
-    label: Optional[str] = typer.Option(None, help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image and audio models."),
+    label_list: List[str] = typer.Option([], "--label", help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image, audio and video models. Repeat it for several classes in turn (--label 3 --label 7 --n 4: 3, 7, 3, 7)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Video models: frames per clip (default: the length the model was trained on)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Video models: playback rate of the written clips (default: the model's)."),
+    scale: int = typer.Option(1, "--scale", help="Video models: enlarge the written clips and filmstrips this many times (nearest neighbour), for viewing small frames."),
     speaker: Optional[str] = typer.Option(None, help="Audio models trained with speakers: the voice (a speaker's name or index; default: drawn per clip)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible samples."),
     nrow: Optional[int] = typer.Option(None, help="Images per grid row (default: square grid)."),
@@ -59,6 +63,8 @@ def sample(
     --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options.
     Audio models (speech): WAV/FLAC/MP3 files (x.wav, or a folder/ for one per clip) or x.png, a grid of their
     spectrograms; --label picks the digit, --speaker the voice.
+    Video models: clips as MP4 (H.264), animated WebP, GIF or APNG by the --out extension (a folder/: one MP4
+    each), or x.png, a filmstrip (frames across, clips down); --frames and --fps set length and playback rate.
     An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported.
 
     Every file carries its provenance (IPTC DigitalSourceType trainedAlgorithmicMedia in XMP for images, a
@@ -67,6 +73,7 @@ def sample(
     manifest."""
     from genforge.runtime import is_export
 
+    label = label_list[0] if len(label_list) == 1 else (label_list or None)  # one class, or several in turn
     exported = is_export(run_dir)
     if exported:
         from genforge.runtime import load as load_export
@@ -99,6 +106,24 @@ def sample(
         return
     family_opts = {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
     image_opts = {k: v for k, v in family_opts.items() if k in model.options() and v is not None}
+    if model.modality != "video" and (frames is not None or fps is not None or scale != 1):
+        raise UserError("--frames, --fps and --scale apply to video models; "
+                        f"{run_dir} is {'an' if model.modality[0] in 'aeiou' else 'a'} {model.modality} model.")
+    if model.modality == "video":
+        from genforge.cli.video import sample_video
+
+        foreign = [f"--{k}" for k, v in {**family_opts, "speaker": speaker, "top_k": top_k, "top_p": top_p,
+                                         "prompt": prompt, "max_new_tokens": max_new_tokens,
+                                         "interpolate": interpolate}.items()
+                   if v is not None and k not in image_opts]
+        if foreign:
+            raise UserError(f"{', '.join(foreign)}: not an option of this video model (its options: "
+                            f"{', '.join('--' + o for o in model.options())}).")
+        if frames is not None:
+            image_opts["frames"] = frames
+        sample_video(model, n, out_arg, label, seed, fps, scale, fmt, image_opts, signer, not no_metadata,
+                     not no_progress)
+        return
     if model.modality == "audio":
         from genforge.cli.speech import sample_audio
 
@@ -109,7 +134,7 @@ def sample(
             raise UserError(f"{', '.join(foreign)}: not an option of this audio model"
                             + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options()
                                else "; it takes --n, --seed, --label and --speaker."))
-        sample_audio(model, n, out_arg, label, speaker, seed, nrow, "wav" if fmt == "png" else fmt, image_opts,
+        sample_audio(model, n, out_arg, cycle_labels(label, n or 8), speaker, seed, nrow, "wav" if fmt == "png" else fmt, image_opts,
                      signer, not no_metadata)
         return
     if speaker is not None:
@@ -126,6 +151,7 @@ def sample(
     if out_arg is None:
         raise UserError("--out is required for an image model: x.png (grid), x.npy (array) or a folder/ (one PNG each).")
     n = 64 if n is None else n
+    label = cycle_labels(label, n)
     out_path = Path(out_arg)  # kept as text first: Path() drops the trailing slash that means "a folder"
     as_dir = out_arg.endswith(("/", "\\")) or out_path.is_dir()
     if not as_dir and out_path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".npy"):
@@ -178,14 +204,14 @@ def sample(
 
 
 @contextlib.contextmanager
-def _sampling_progress(enabled: bool, n: int):
+def _sampling_progress(enabled: bool, n: int, what: str = "images"):
     """A bar over the network calls of a multi-step sampler (diffusion); families that sample in one pass never call it."""
     if not enabled or not err.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(f"[bold]sample[/] {n} images"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+    bar = Progress(TextColumn(f"[bold]sample[/] {n} {what}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                    TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), console=err, transient=True)
     task = None
 

@@ -99,6 +99,8 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
             if method.modality == "image":
                 h, w, c = model.image_shape
                 config["image"] = {"height": h, "width": w, "channels": c}
+        if modality == "video":  # the clip length trained on (any runs) and the playback rate
+            config["video"] = {"frames": model.frames, "fps": model.fps}
         if modality == "audio":  # the codec (spectrogram statistics or mu-law), the voices and the licence
             data = model.meta.get("data", {})
             config["audio"] = {"sample_rate": model.sample_rate, "length": model.length, "codec": data.get("codec"),

@@ -37,8 +37,8 @@ class ImageGenerator(_Generator):
         self.run_dir, self.meta, self.net, self.device = run_dir, meta, net, device
         self.weights_file = weights_file  # which weights were loaded: model.safetensors or model-best.safetensors
         data = meta["data"]
-        self.spec = DataSpec(data["height"], data["width"], data["channels"], len(data.get("classes") or []))
         self.method = get_method(meta["family"])
+        self.spec: DataSpec = self.method.spec_from_meta(data)  # with frames for clips
         self.classes: list[str] = list(data.get("classes") or [])
         self.conditional: bool = bool(meta["model"].get("conditional", False))
         self._use_precision(precision)

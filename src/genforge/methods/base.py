@@ -37,6 +37,7 @@ class DataSpec:
     channels: int
     num_classes: int  # 0 when unlabelled
     label_counts: tuple[int, ...] = ()  # images per label, when the method trains on pseudo-labels (clusters)
+    frames: int = 0  # frames per clip when the data are clips (the video modality); 0: images
 
 
 @dataclass
@@ -71,7 +72,9 @@ class TrainingData(Protocol):
 class Method(ABC):
     family: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
-    modality: ClassVar[str] = "image"  # "image", "text" or "audio" (a waveform family): which generator `load` returns
+    # "image", "text" or "audio" (a waveform family): which generator `load` returns. An image family trained on
+    # spectrograms generates audio, on clips video: `artifacts.modality_of` reads that from the run's data.
+    modality: ClassVar[str] = "image"
 
     #: name of the network in `networks` that generation uses (EMA'd, exported to model.safetensors)
     exported: ClassVar[str]

@@ -95,7 +95,7 @@ class DiffusionMethod(ImageMethod):
     def build_exported(cls, cfg: DiffusionConfig, spec: DataSpec) -> UNet:
         cls._check(cfg, spec)
         net = UNet(spec.height, spec.channels, cfg.width, tuple(cfg.mults) if cfg.mults else None, cfg.res_blocks,
-                   cfg.attention_below, spec.num_classes if cfg.conditional else 0, cfg.dropout)
+                   cfg.attention_below, spec.num_classes if cfg.conditional else 0, cfg.dropout, spec.frames)
         # what sampling needs besides the weights (plain attributes: the config, not the state dict, holds them)
         net.objective, net.schedule_kind, net.timesteps = cfg.objective, cfg.schedule, cfg.timesteps
         net.default_sampler, net.default_steps = cfg.sampler, cfg.steps
@@ -137,7 +137,7 @@ class DiffusionMethod(ImageMethod):
         steps = options.get("steps") or 0
         if net.objective != "flow" and steps > net.timesteps:  # checked here, when a request is made, not in a batch
             raise UserError(f"steps={steps} is more than the model's {net.timesteps} training steps (T); use 1..{net.timesteps}.")
-        drawn = {"x": torch.randn((n, net.channels, net.image_size, net.image_size), generator=rng),
+        drawn = {"x": torch.randn((n, *_sample_shape(net, options.get("frames"))), generator=rng),
                  "seeds": torch.randint(0, 2**62, (n,), generator=rng)}
         if net.num_classes:
             drawn["labels"] = (torch.arange(n) % net.num_classes if labels is None else labels).cpu()
@@ -164,17 +164,22 @@ class DiffusionMethod(ImageMethod):
     def onnx_graphs(cls, net):
         """The UNet alone (x, t[, labels] -> its output); the sampler loop runs outside it, in the runtime, with
         the same `diffusion/samplers.py` as here."""
-        inputs = {"x": torch.zeros(2, net.channels, net.image_size, net.image_size), "t": torch.full((2,), 0.5)}
+        inputs = {"x": torch.zeros(2, *_sample_shape(net, None)), "t": torch.full((2,), 0.5)}
+        dynamic = None
+        if net.frames:  # a clip's length is free too
+            dynamic = {"x": {0: "batch", 1: "frames"}, "t": {0: "batch"}, "labels": {0: "batch"}}
         if net.num_classes:
             inputs["labels"] = torch.zeros(2, dtype=torch.long)
-            return {"unet": OnnxGraph(net, inputs, ["out"])}
-        return {"unet": OnnxGraph(_Unconditional(net), inputs, ["out"])}
+            return {"unet": OnnxGraph(net, inputs, ["out"], dynamic)}
+        if dynamic:
+            del dynamic["labels"]
+        return {"unet": OnnxGraph(_Unconditional(net), inputs, ["out"], dynamic)}
 
     @classmethod
     def runtime_config(cls, net):
         return {"objective": net.objective, "schedule": net.schedule_kind, "timesteps": net.timesteps,
                 "default_sampler": net.default_sampler, "default_steps": net.default_steps,
-                "num_classes": net.num_classes}
+                "num_classes": net.num_classes, "frames": net.frames}
 
     @classmethod
     def network_calls(cls, net, n: int, labels=None, sampler: str = "dpmpp2m", steps: int = 0,
@@ -187,7 +192,7 @@ class DiffusionMethod(ImageMethod):
     @classmethod
     def latents(cls, net, n, rng, device, **options) -> torch.Tensor:
         """The starting noise: a deterministic sampler (DDIM with eta 0, DPM-Solver++) maps it to one image."""
-        return torch.randn((n, net.channels, net.image_size, net.image_size), generator=rng).to(device)
+        return torch.randn((n, *_sample_shape(net, options.get("frames"))), generator=rng).to(device)
 
     @classmethod
     def decode(cls, net, z, labels) -> torch.Tensor:
@@ -207,6 +212,12 @@ class _Unconditional(torch.nn.Module):
         return self.net(x, t, None)
 
 
+def _sample_shape(net, frames: int | None) -> tuple[int, ...]:
+    """One sample's shape: (C, H, W), or (T, C, H, W) for a clip of `frames` (default: the trained length)."""
+    image = (net.channels, net.image_size, net.image_size)
+    return (frames or net.frames, *image) if net.frames else image
+
+
 def _steps(net, schedule, sampler: str, steps: int) -> int:
     return resolve_steps(sampler, steps, schedule, net.default_sampler, net.default_steps)
 
@@ -219,13 +230,14 @@ def _step_noise(seeds: torch.Tensor, shape: tuple, device):
 
 def noised(schedule, x0: torch.Tensor, rng: torch.Generator):
     """A training example: times t (N,) from the schedule, noise eps, x_t = alpha x0 + sigma eps; alpha and sigma
-    shaped (N, 1, 1, 1). All randomness from `rng` (CPU), so a step is a function of its seed."""
+    shaped (N, 1, 1, 1) (N, 1, 1, 1, 1 for clips). All randomness from `rng` (CPU), so a step is a function of its seed."""
     n = len(x0)
     t = schedule.training_times(torch.rand(n, generator=rng, dtype=torch.float64).numpy())
     alpha, sigma = schedule.alpha_sigma(t)
     eps = torch.randn(x0.shape, generator=rng).to(x0.device)
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=x0.device).view(-1, 1, 1, 1)
-    s = torch.as_tensor(sigma, dtype=torch.float32, device=x0.device).view(-1, 1, 1, 1)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=x0.device).view(shape)
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x0.device).view(shape)
     return a * x0 + s * eps, torch.as_tensor(t, dtype=torch.float32, device=x0.device), eps, a, s
 
 

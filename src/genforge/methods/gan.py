@@ -46,6 +46,7 @@ from genforge.methods.diffaugment import diff_augment, parse_policy
 from genforge.methods.gan_losses import d_loss, g_loss, gradient_penalty, r1_penalty
 from genforge.methods.images import ImageData, ImageMethod
 from genforge.models.dcgan import Discriminator, Generator, init_weights, resolve_d_norm, sample_latent
+from genforge.models.video_gan import ClipDiscriminator, ClipGenerator
 
 CLUSTERS_FILE = "clusters.safetensors"  # self-conditioning: each training image's cluster, kept for resume
 MAX_CODE_ROWS = 32  # InfoGAN sample grid: one row per code value, at most this many
@@ -86,6 +87,9 @@ class GANConfig(MethodConfig):
                              "D sees real and generated images augmented alike and differentiably, in its update and in G's; "
                              "a comma-separated policy of color, translation, cutout, e.g. \"translation,cutout\" or "
                              "\"color,translation,cutout\"; \"\": off")
+    motion_dim: int = Field(16, ge=1, description="clips: the part of z that drives motion (the coefficients of a "
+                            "Fourier series in time, MoCoGAN's content/motion split); the rest is content shared by "
+                            "every frame. Must be below z_dim")
     clusters: int = Field(0, ge=0, description="self-conditioning (Liu et al. 2020): k-means the training images into "
                           "this many clusters and condition G and D on the cluster, as a cGAN is on labels; samples "
                           "draw clusters by their share of the data. Unconditional models only; 0: off")
@@ -110,6 +114,15 @@ class GANMethod(ImageMethod):
         classes = cls._num_labels(cfg, spec)
         if cfg.conditional and not classes:
             raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
+        if spec.frames:  # clips: content + motion, each frame drawn by the DCGAN generator (models/video_gan.py)
+            if cfg.latent_codes or cfg.clusters or cfg.diffaugment:
+                raise UserError("model.latent_codes, model.clusters and model.diffaugment are for images; a video GAN "
+                                "takes labels (model.conditional) only. Set them to 0 / \"\".")
+            if cfg.motion_dim >= cfg.z_dim:
+                raise UserError(f"model.motion_dim={cfg.motion_dim} must be below model.z_dim={cfg.z_dim}: the rest of z "
+                                "is the clip's content.")
+            return ClipGenerator(spec.height, spec.channels, spec.frames, cfg.z_dim, cfg.motion_dim, cfg.g_width,
+                                 classes, cfg.embed_dim, cfg.extra_layers)
         G = Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
                       cfg.extra_layers, cfg.latent_codes, label_prior=cfg.clusters > 0)
         if cfg.clusters and spec.label_counts:
@@ -186,8 +199,12 @@ class GANMethod(ImageMethod):
             raise UserError("model.gp_weight / model.r1_weight differentiate D twice, which torch.compile does not "
                             "support (no double backward). Set train.compile=false.")
         G = self.build_exported(cfg, spec)
-        D = Discriminator(spec.height, spec.channels, cfg.d_width, self._num_labels(cfg, spec),
-                          cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes, cfg.d_norm)
+        if spec.frames:
+            D = ClipDiscriminator(spec.height, spec.channels, cfg.d_width, self._num_labels(cfg, spec),
+                                  cfg.d_spectral_norm, cfg.d_hidden, cfg.d_norm)
+        else:
+            D = Discriminator(spec.height, spec.channels, cfg.d_width, self._num_labels(cfg, spec),
+                              cfg.extra_layers, cfg.d_spectral_norm, cfg.d_hidden, cfg.latent_codes, cfg.d_norm)
         init_weights(G)
         init_weights(D)
         betas = (train_cfg.beta1, train_cfg.beta2)
@@ -346,19 +363,30 @@ class GANMethod(ImageMethod):
     @classmethod
     def render(cls, net, drawn, device, **options):
         z = drawn["z"].to(device)
-        return net(z, drawn["labels"].to(device)) if net.num_classes else net(z)
+        labels = drawn["labels"].to(device) if net.num_classes else None
+        if getattr(net, "frames", 0):
+            return net(z, labels, options.get("frames"))
+        return net(z, labels) if net.num_classes else net(z)
 
     @classmethod
     def onnx_graphs(cls, net):
         inputs = {"z": torch.zeros(2, net.z_dim + getattr(net, "codes", 0))}
         if net.num_classes:
             inputs["labels"] = torch.zeros(2, dtype=torch.long)
+        if getattr(net, "frames", 0):  # the clip length is the length of a frame-index input (a dynamic dimension)
+            inputs["frame_index"] = torch.arange(net.frames)
+            dynamic = {"z": {0: "batch"}, "labels": {0: "batch"}, "frame_index": {0: "frames"}}
+            if not net.num_classes:
+                del dynamic["labels"]
+            module = _ClipExport(net) if net.num_classes else _UnconditionalClipExport(net)
+            return {"generator": OnnxGraph(module, inputs, ["images"], dynamic)}
         return {"generator": OnnxGraph(net, inputs, ["images"])}
 
     @classmethod
     def runtime_config(cls, net):
         prior = net.label_prior
         return {"z_dim": net.z_dim, "codes": getattr(net, "codes", 0), "num_classes": net.num_classes,
+                "frames": getattr(net, "frames", 0),
                 "label_prior": prior.float().cpu().tolist() if prior is not None else None}
 
     @classmethod
@@ -374,6 +402,23 @@ class GANMethod(ImageMethod):
                 labels = torch.full((len(z),), first, dtype=torch.long)
             return net(z, labels.to(z.device))
         return net(z)
+
+
+class _ClipExport(torch.nn.Module):
+    """The clip generator with the frames to draw given as a tensor of their indices (an ONNX graph's inputs are
+    tensors)."""
+
+    def __init__(self, net: ClipGenerator):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z, labels, frame_index):
+        return self.net(z, labels, times=frame_index.float())
+
+
+class _UnconditionalClipExport(_ClipExport):
+    def forward(self, z, frame_index):
+        return self.net(z, None, times=frame_index.float())
 
 
 class CriticSteps:

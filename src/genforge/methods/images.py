@@ -13,6 +13,7 @@ import torch
 
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, to_model_range
 from genforge.data.audio import is_audio_dataset
+from genforge.data.video import is_video_dataset
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, Method
 
@@ -57,6 +58,10 @@ class ImageMethod(Method):
 
     @classmethod
     def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator) -> ImageData:
+        if is_video_dataset(cfg.data.dataset):  # clips: (B, T, C, H, W) batches, for networks built with spec.frames
+            from genforge.methods.clips import prepare_clip_data
+
+            return prepare_clip_data(cfg, data_dir, accelerator)
         tcfg = cfg.train
         audio_meta = {}
         with accelerator.main_process_first():
@@ -94,7 +99,8 @@ class ImageMethod(Method):
 
     @classmethod
     def spec_from_meta(cls, data_meta: dict) -> DataSpec:
-        return DataSpec(data_meta["height"], data_meta["width"], data_meta["channels"], len(data_meta.get("classes") or []))
+        return DataSpec(data_meta["height"], data_meta["width"], data_meta["channels"], len(data_meta.get("classes") or []),
+                        frames=int(data_meta.get("frames") or 0))
 
     # Sampling in two halves, so that a server can merge requests: `draw` takes everything random about n
     # samples from the request's own generator (on the CPU), `render` turns the rows of one or many
@@ -144,17 +150,21 @@ class ImageMethod(Method):
 
     @classmethod
     def write_samples(cls, net, data, path, seed, accelerator) -> Path:
-        """A grid from fixed noise: 8 x 8, or one row per class for conditional models."""
+        """A grid from fixed noise: 8 x 8, or one row per class for conditional models. Clips: a filmstrip, one
+        clip per row (frames across), 8 clips or one per class."""
         from genforge.visual import save_grid
 
         # one row per class for a conditional model; a self-conditioned one (clusters) draws its own, like an unconditional one
         num_classes = getattr(net, "num_classes", 0) if getattr(net, "label_prior", None) is None else 0
         if num_classes:
-            per_row = 8 if num_classes <= 16 else 1
+            per_row = 8 if num_classes <= 16 and not data.spec.frames else 1
             labels = torch.arange(num_classes).repeat_interleave(per_row)[:160]
             n, nrow = len(labels), per_row
         else:
             labels, n, nrow = None, 64, 8
+        if data.spec.frames:
+            labels = labels[:16] if labels is not None else None
+            n = len(labels) if labels is not None else 8
         was_training = net.training
         net.eval()
         with torch.no_grad(), accelerator.autocast():
@@ -163,5 +173,7 @@ class ImageMethod(Method):
         out = Path(path).with_suffix(".png")
         if "codec" in data.meta:  # spectrograms: row 0 is the lowest frequency, drawn at the bottom
             x = x.flip(2)
+        if x.dim() == 5:  # clips (N, T, C, H, W): a row of frames per clip
+            x, nrow = x.flatten(0, 1), x.shape[1]
         save_grid(from_model_range(x.float()).cpu().numpy(), out, nrow, scale=2)
         return out

@@ -5,6 +5,10 @@ shape as x_t. Residual blocks with GroupNorm and SiLU; the time enters each bloc
 embedding and an MLP, the class (optional) through an embedding added to it, with one extra "no class" entry
 that classifier-free guidance asks for. Self-attention runs at the low resolutions only, where it is cheap.
 
+Video (`frames` > 0): x_t is a clip (N, T, C, H, W); the spatial layers run on every frame and a temporal layer
+(models/temporal.py) follows each stage and the middle, mixing frames. Built with frames=0 it is exactly the image
+network, weight for weight.
+
 Sized from the image: a stage per halving while the side stays even and at least 4 px (28 -> 14 -> 7;
 32 -> 16 -> 8 -> 4; 64 -> ... -> 4 with the stage count capped by `mults`).
 """
@@ -16,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genforge.models.temporal import Temporal
 
 
 def default_mults(size: int) -> tuple[int, ...]:
@@ -74,9 +80,11 @@ class Attention(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int = 32, mults: tuple[int, ...] | None = None,
-                 res_blocks: int = 1, attention_below: int = 8, num_classes: int = 0, dropout: float = 0.0):
+                 res_blocks: int = 1, attention_below: int = 8, num_classes: int = 0, dropout: float = 0.0,
+                 frames: int = 0):
         super().__init__()
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
+        self.frames = frames  # the clip length it was trained on (0: an image model); any length runs
         mults = tuple(mults or default_mults(image_size))
         emb = 4 * width
         self.width = width
@@ -88,7 +96,7 @@ class UNet(nn.Module):
         self.down, skips, ch, res = nn.ModuleList(), [width], width, image_size
         for i, m in enumerate(mults):
             for _ in range(res_blocks):
-                self.down.append(_Stage(ResBlock(ch, width * m, emb, dropout), res <= attention_below, width * m))
+                self.down.append(_Stage(ResBlock(ch, width * m, emb, dropout), res <= attention_below, width * m, frames))
                 ch = width * m
                 skips.append(ch)
             if i < len(mults) - 1:
@@ -96,10 +104,12 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res = (res + 1) // 2
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb, dropout), Attention(ch), ResBlock(ch, ch, emb, dropout)])
+        self.mid_temporal = Temporal(ch, attend=True) if frames else None
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(mults))):
             for _ in range(res_blocks + 1):
-                self.up.append(_Stage(ResBlock(ch + skips.pop(), width * m, emb, dropout), res <= attention_below, width * m))
+                self.up.append(_Stage(ResBlock(ch + skips.pop(), width * m, emb, dropout), res <= attention_below, width * m,
+                                      frames))
                 ch = width * m
             if i > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
@@ -109,36 +119,48 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, H, W), t (N,) in [0, 1], labels (N,) class indices (num_classes: none) or None."""
+        """x (N, C, H, W), or (N, T, C, H, W) for a video model; t (N,) in [0, 1]; labels (N,) class indices
+        (num_classes: none) or None."""
         emb = self.time_mlp(timestep_embedding(t, self.width))
         if self.class_emb is not None:
             if labels is None:
                 labels = torch.full((len(x),), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_emb(labels)
+        frames = 0
+        if self.frames:  # frames folded into the batch: each frame gets its clip's time and label embedding
+            n, frames = x.shape[:2]
+            x, emb = x.flatten(0, 1), emb[:, None].expand(n, frames, emb.shape[1]).flatten(0, 1)
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, _Stage) else layer(h)
+            h = layer(h, emb, frames) if isinstance(layer, _Stage) else layer(h)
             hs.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        h = self.mid[1](self.mid[0](h, emb))
+        if self.mid_temporal is not None:
+            h = self.mid_temporal(h, frames)
+        h = self.mid[2](h, emb)
         for layer in self.up:
             if isinstance(layer, _Stage):
                 skip = hs.pop()
                 if skip.shape[-1] != h.shape[-1]:  # odd sizes (7 -> 4 -> 8): crop the upsampled map
                     h = h[..., : skip.shape[-2], : skip.shape[-1]]
-                h = layer(torch.cat([h, skip], 1), emb)
+                h = layer(torch.cat([h, skip], 1), emb, frames)
             else:
                 h = layer(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out.unflatten(0, (n, frames)) if frames else out
 
 
 class _Stage(nn.Module):
-    """A residual block, followed by self-attention at low resolutions."""
+    """A residual block, followed by self-attention at low resolutions, and in a video model by a temporal layer."""
 
-    def __init__(self, block: ResBlock, attend: bool, ch: int):
+    def __init__(self, block: ResBlock, attend: bool, ch: int, frames: int = 0):
         super().__init__()
         self.block, self.attn = block, Attention(ch) if attend else None
+        self.temporal = Temporal(ch, attend) if frames else None
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, frames: int = 0):
         x = self.block(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        if self.attn is not None:
+            x = self.attn(x)
+        return self.temporal(x, frames) if self.temporal is not None else x

@@ -57,7 +57,9 @@ class GAN(Family):
             z = np.concatenate([z, np.eye(codes, dtype=np.float32)[rng.integers(codes, size=n)]], axis=1)
         return {"z": z, **self._labels(labels, n, rng)}
 
-    def render(self, drawn, progress=None, **options):
+    def render(self, drawn, progress=None, frames: int = 0, **options):
+        if self.config.get("frames"):  # a clip generator: the clip length is the length of its frame-index input
+            drawn = {**drawn, "frame_index": np.arange(frames or self.config["frames"], dtype=np.int64)}
         return self.graphs["generator"](**drawn)
 
 
@@ -78,9 +80,10 @@ class Diffusion(Family):
     def _steps(self, sampler: str, steps: int) -> int:
         return resolve_steps(sampler, steps, self.schedule, self.config["default_sampler"], self.config["default_steps"])
 
-    def draw(self, n, labels, rng, sampler: str = "dpmpp2m", steps: int = 0, **options):
+    def draw(self, n, labels, rng, sampler: str = "dpmpp2m", steps: int = 0, frames: int = 0, **options):
         self._steps(sampler, steps)  # a bad request fails when it is made, not in a batch
-        shape = (n, *self.config["shape"])
+        clip = (frames or self.config["frames"],) if self.config.get("frames") else ()  # a clip: (T, C, H, W) each
+        shape = (n, *clip, *self.config["shape"])
         return {"x": rng.standard_normal(shape, dtype=np.float32),
                 "seeds": rng.integers(0, 2**62, size=n, dtype=np.int64), **self._labels(labels, n, rng)}
 

@@ -65,7 +65,7 @@ def load(path: str | Path, threads: int | None = None):
     from genforge.runtime.families import FAMILIES
 
     modality = config.get("modality", "image")
-    if modality in ("image", "audio") and family not in FAMILIES:
+    if modality in ("image", "audio", "video") and family not in FAMILIES:
         raise UserError(f"{path} holds a '{family}' model, which this runtime cannot run (it runs: {', '.join(FAMILIES)}, lm).")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: the RNN graph's declared output shapes draw harmless warnings
@@ -103,6 +103,10 @@ def load(path: str | Path, threads: int | None = None):
         from genforge.runtime.audio import ExportedAudioModel
 
         return ExportedAudioModel(path, config, sessions)
+    if modality == "video":
+        from genforge.runtime.video import ExportedVideoModel
+
+        return ExportedVideoModel(path, config, sessions)
     from genforge.runtime.images import ExportedImageModel
 
     return ExportedImageModel(path, config, sessions)

@@ -76,7 +76,7 @@ def training_precision(setting: str, method_cls, method_cfg, data, tcfg, total: 
         for net in method.networks.values():
             net.to(device)
             if tcfg.channels_last:
-                net.to(memory_format=torch.channels_last)
+                to_channels_last(net)
         rng = torch.Generator().manual_seed(0)
         batch = data.micro_batches(0, rng)
         shapes = [[list(t.shape) for t in mb if isinstance(t, torch.Tensor)] for mb in batch]
@@ -104,3 +104,11 @@ def training_precision(setting: str, method_cls, method_cfg, data, tcfg, total: 
             return {name: step_in(name) for name in names}
 
         return prec.decide(setting, device, workload, sig, make_steps, budget_s=budget_s)
+
+
+def to_channels_last(net: torch.nn.Module) -> None:
+    """channels_last for the 4-D weights (2-D convolutions); a video network's 3-D and 1-D convolutions keep their
+    layout (Module.to(memory_format=channels_last) refuses a network that has any 5-D weight)."""
+    for p in net.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)

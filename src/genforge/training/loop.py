@@ -26,7 +26,7 @@ from genforge.errors import UserError
 from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
 from genforge.precision import Verdict
-from genforge.training.autoprecision import training_precision
+from genforge.training.autoprecision import to_channels_last, training_precision
 from genforge.training.budget import FINAL_RESERVE_S, BudgetPlanner
 from genforge.training.config import Config, format_validation_error
 from genforge.training.ema import EMA, recalibrated_copy
@@ -131,7 +131,7 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     names = list(method.networks)
     if tcfg.channels_last:
         for net in method.networks.values():
-            net.to(memory_format=torch.channels_last)
+            to_channels_last(net)
     if tcfg.compile:
         for name in names:
             method.networks[name] = torch.compile(method.networks[name])
