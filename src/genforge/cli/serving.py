@@ -38,20 +38,26 @@ def serve(
                                                           "the family's calls per clip (diffusion: its steps)."),
     max_input_chars: int = typer.Option(1024, min=1, help="Longest `input` of a speech request, in characters (its "
                                                           "digits are capped at 64 apart)."),
+    max_video_queue: int = typer.Option(16, min=1, help="Video jobs waiting per model; beyond it, 429 with Retry-After."),
+    max_video_frames: int = typer.Option(64, min=1, help="Most frames per clip (the model's own bound applies too)."),
+    video_expiry: float = typer.Option(3600.0, min=1, help="Seconds a finished video job and its files are kept."),
+    video_timeout: float = typer.Option(600.0, min=1, help="Seconds one video job may run (then it fails)."),
     workers: int = typer.Option(1, min=1, help="Processes on this port, each with its own copy of the models "
                                                "(replicas are stateless: any balancer can front several machines)."),
     precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible marks on every image, text and audio clip (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Serve without the invisible marks even when a key is set."),
-    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain for a C2PA manifest in every image and audio file (with --sign-key)."),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain for a C2PA manifest in every image, audio and video file (with --sign-key)."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256) of --sign-cert."),
 ) -> None:
     """Serve trained runs over HTTP with an OpenAI-compatible API and a web playground.
 
     Routes: GET / (playground), GET /v1/models, POST /v1/completions (text; stream=true for server-sent
     events), POST /v1/images/generations (images as base64 PNG), POST /v1/audio/speech (speech models: digits
-    read aloud as WAV, FLAC, MP3 or PCM), GET /healthz, /readyz, /metrics
+    read aloud as WAV, FLAC, MP3 or PCM), POST /v1/videos (video models: a job; GET /v1/videos/{id} for its
+    status and progress, GET /v1/videos/{id}/content for the MP4, thumbnail or spritesheet, GET /v1/videos to list,
+    DELETE to cancel), GET /healthz, /readyz, /metrics
     (Prometheus), /docs (OpenAPI). Concurrent requests for a model are batched; SIGTERM drains requests in
     flight before exiting. Needs the `serve` extra: pip install 'genforge[serve]'.
     """
@@ -76,6 +82,8 @@ def serve(
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
                              max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls,
                              max_audio_calls=max_audio_calls, max_input_chars=max_input_chars,
+                             max_video_queue=max_video_queue, max_video_frames=max_video_frames,
+                             video_expiry_s=video_expiry, video_timeout_s=video_timeout,
                              mark=not no_mark, sign_cert=str(sign_cert) if sign_cert else None,
                              sign_key=str(sign_key) if sign_key else None)
     run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,

@@ -2,10 +2,10 @@
 translates results (or `UserError`s) back. Every refusal is a 4xx in OpenAI's error shape naming the field
 and the limit; nothing a client sends should produce a 5xx.
 
-The /v1 routes live per API area in `routes/` (completions, images, audio), sharing `common.py`'s settings,
-errors, auth and batching. This module wires them up with the open routes: `/`, `/static/*` (the
-playground), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`. Every `/v1/*` route needs a key
-when the server has keys. Nothing here imports torch, so exports are served without it.
+The /v1 routes live per API area in `routes/` (completions, images, audio, videos), sharing `common.py`'s
+settings, errors, auth and batching (and `jobs.py`'s job queue for videos). This module wires them up with the
+open routes: `/`, `/static/*` (the playground), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+Every `/v1/*` route needs a key when the server has keys. Nothing here imports torch, so exports are served without it.
 """
 
 from __future__ import annotations
@@ -47,11 +47,13 @@ def _model_entry(name: str, gen, server: Server) -> p.Model:
 
 
 def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
-    """The server for already loaded generators ({name: an image, text or audio generator of a run or an export})."""
+    """The server for already loaded generators ({name: an image, text, audio or video generator of a run or an
+    export})."""
     s = settings or ServeSettings()
     unknown = sorted({gen.modality for gen in models.values()} - set(BY_MODALITY))
     if unknown:
-        raise UserError(f"This server cannot serve {', '.join(unknown)} models yet; serve image, text or audio models.")
+        raise UserError(f"This server cannot serve {', '.join(unknown)} models yet; serve image, text, audio or video "
+                        "models.")
     metrics = Metrics()
     if not s.mark:
         for gen in models.values():
@@ -66,17 +68,22 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
         for b in own.values():
             b.start()
         server.batchers.update(own)
+        jobs = server.jobs  # video jobs: one worker per video model, and their expiry
+        if jobs is not None:
+            jobs.start()
         _watch_sigterm(state)
         state["ready"] = True
         yield
         state["ready"] = False
         for b in own.values():  # this lifespan's: a test harness may run the app's lifespan more than once
             await b.stop()
+        if jobs is not None:
+            await jobs.stop()
 
     app = FastAPI(title="genforge", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API for genforge models: /v1/models, /v1/completions, "
-                              "/v1/images/generations, /v1/audio/speech. Send `Authorization: Bearer KEY` when the "
-                              "server has keys.")
+                              "/v1/images/generations, /v1/audio/speech, /v1/videos. Send `Authorization: Bearer KEY` "
+                              "when the server has keys.")
     app.state.settings, app.state.metrics, app.state.batchers, app.state.server = s, metrics, server.batchers, server
 
     # -- errors: OpenAI's shape everywhere -------------------------------------------------------------------
@@ -91,7 +98,7 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
         param = loc[0] if loc else None  # the request field (deeper parts name union members, not fields)
         msg = first.get("msg", "invalid value")
         if first.get("type") == "extra_forbidden":

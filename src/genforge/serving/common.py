@@ -21,7 +21,8 @@ from genforge.serving.batching import Batcher, Pending, QueueFull
 from genforge.serving.metrics import Metrics
 
 # the route that serves each modality (named in the 400 for a model sent to another modality's route)
-ROUTES = {"text": "/v1/completions", "image": "/v1/images/generations", "audio": "/v1/audio/speech"}
+ROUTES = {"text": "/v1/completions", "image": "/v1/images/generations", "audio": "/v1/audio/speech",
+          "video": "/v1/videos"}
 
 
 @dataclass
@@ -45,9 +46,16 @@ class ServeSettings:
     max_prompt_tokens: int = 4096
     max_stop: int = 4
     max_stop_chars: int = 64
+    # video jobs (/v1/videos): jobs waiting per model before 429, frames per clip (the model's own bound applies
+    # too), how long a finished job and its files are kept, how long one job may run, finished jobs kept at most
+    max_video_queue: int = 16
+    max_video_frames: int = 64
+    video_expiry_s: float = 3600.0
+    video_timeout_s: float = 600.0
+    max_video_kept: int = 256
     api_keys: list[str] = field(default_factory=list)
     mark: bool = True  # the keyed marks, when a key is set ($GENFORGE_MARK_KEY_FILE / $GENFORGE_MARK_KEY)
-    sign_cert: str | None = None  # PEM chain and key for a C2PA manifest in every image and audio file
+    sign_cert: str | None = None  # PEM chain and key for a C2PA manifest in every image, audio and video file
     sign_key: str | None = None
 
 
@@ -71,9 +79,9 @@ def error_response(status: int, message: str, type: str, param=None, code=None, 
 ERRORS = {status: {"model": p.ErrorResponse, "description": text} for status, text in {
     400: "Invalid request: the message names the field and the limit.",
     401: "Missing or wrong API key (only when the server has keys).",
-    404: "Unknown model.",
+    404: "Unknown model (or video job).",
     413: "Request body over the size limit.",
-    429: "The model's queue is full; retry after the Retry-After header's seconds.",
+    429: "The model's queue (of requests or video jobs) is full; retry after the Retry-After header's seconds.",
     504: "The request took longer than the server's per-request timeout.",
 }.items()}
 
@@ -160,12 +168,13 @@ class Server:
     def __init__(self, models: dict, settings: ServeSettings, metrics: Metrics, signer=None):
         self.models, self.settings, self.metrics, self.signer = models, settings, metrics, signer
         self.batchers: dict[str, Batcher] = {}
+        self.jobs = None  # the video job store (jobs.JobStore), set by routes/videos.py; started by the lifespan
         self.created = int(time.time())
 
     def new_batchers(self) -> dict[str, Batcher]:
         s = self.settings
         return {name: Batcher(name, gen, s.max_batch, s.max_wait_ms / 1000, s.max_queue, self.metrics)
-                for name, gen in self.models.items()}
+                for name, gen in self.models.items() if gen.modality != "video"}  # video: jobs, not batches
 
     async def require_key(self, request: Request) -> None:
         """The dependency of every /v1 route."""

@@ -21,14 +21,21 @@ class Metrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_rows = Histogram("genforge_batch_rows", "Rows (images, spoken digits or text choices) per batch.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting for a batch.", ["model"], registry=r,
-                                 multiprocess_mode="livesum")
+        self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting for a batch (video models: jobs waiting to "
+                                 "run).", ["model"], registry=r, multiprocess_mode="livesum")
         self.tokens = Counter("genforge_generated_tokens", "Tokens generated.", ["model"], registry=r)
         self.prompt_tokens = Counter("genforge_prompt_tokens", "Prompt tokens read.", ["model"], registry=r)
         self.images = Counter("genforge_generated_images", "Images generated.", ["model"], registry=r)
         self.audio_seconds = Counter("genforge_generated_audio_seconds", "Seconds of speech generated.", ["model"],
                                      registry=r)
         self.rejected = Counter("genforge_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
+        # video jobs (/v1/videos): what each model holds now, and how jobs ended
+        self.jobs = Gauge("genforge_video_jobs", "Video jobs held, by model and status (queued, in_progress, "
+                          "completed, failed).", ["model", "status"], registry=r, multiprocess_mode="livesum")
+        self.jobs_finished = Counter("genforge_video_jobs_finished", "Video jobs that ended, by model and outcome "
+                                     "(completed, failed, cancelled, expired).", ["model", "outcome"], registry=r)
+        self.video_seconds = Counter("genforge_generated_video_seconds", "Seconds of video generated.", ["model"],
+                                     registry=r)
 
     def exposition(self) -> tuple[bytes, str]:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

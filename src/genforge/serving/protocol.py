@@ -34,17 +34,26 @@ class ModelLimits(BaseModel):
                                         "may cost, counted as for images with one clip per digit.")
     max_digits: int | None = Field(None, description="Audio models: the most digits one speech input may hold.")
     max_input_chars: int | None = Field(None, description="Audio models: the most characters of a speech input.")
+    max_frames: int | None = Field(None, description="Video models: the most frames one clip may have (seconds "
+                                   "x fps, rounded).")
+    min_frames: int | None = Field(None, description="Video models: the fewest frames one clip may have.")
+    max_seconds: float | None = Field(None, description="Video models: max_frames at the model's fps.")
+    max_queued_jobs: int | None = Field(None, description="Video models: jobs waiting to run before 429.")
+    expiry_s: float | None = Field(None, description="Video models: how long a finished job and its files are kept.")
 
 
 class ModelInfo(BaseModel):
     """genforge's extension to a model entry: what the playground and clients need to build a request."""
 
-    modality: Literal["image", "text", "audio"]
+    modality: Literal["image", "text", "audio", "video"]
     family: str
     classes: list[str] = []
     conditional: bool = False
-    image_size: str | None = None
+    image_size: str | None = Field(None, description="Image and video models: the size of every image (frame), "
+                                                     "'WxH'.")
     channels: int | None = None
+    frames: int | None = Field(None, description="Video models: frames per clip by default (the trained length).")
+    fps: float | None = Field(None, description="Video models: playback rate, frames per second.")
     voices: list[str] = Field([], description="Audio models: what a speech request may name as `voice` ('default': "
                                               "the model's choice, drawn from the seed when it has speakers).")
     sample_rate: int | None = Field(None, description="Audio models: samples per second of every clip (and of pcm).")
@@ -186,6 +195,69 @@ class SpeechRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Extension: the same seed gives the same audio.")
     instructions: str | None = Field(None, description="Not supported: must be absent.")
     stream_format: Literal["audio", "sse"] | None = Field(None, description="Only 'audio' (the whole file) is served.")
+
+
+VIDEO_VARIANTS = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg"}
+
+
+class VideoRequest(BaseModel):
+    """OpenAI's POST /v1/videos body (JSON, or multipart form fields as the openai client sends). genforge's
+    video models draw labelled clips: the prompt names a class ("7", "a 3+7 clip"), or `label` does. Extensions:
+    `label`, `frames`, `seed`, and the model's own sampling options as further fields (listed per model in
+    /v1/models under genforge.options). OpenAI's `input_reference` is refused with 400 rather than ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, description="A video model of this server (may be left out when it serves one).")
+    prompt: str = Field("", max_length=1000, description="For class-conditional models: text naming one class, "
+                                                         "e.g. '7' or 'a 3+7 clip'; unconditional models ignore it.")
+    seconds: int | float | str | None = Field(None, description="Clip length: frames = round(seconds x fps), within "
+                                              "the model's limits (see /v1/models). Default: the trained length.")
+    frames: int | None = Field(None, ge=1, description="Extension: the clip length in frames (instead of seconds).")
+    size: str | None = Field(None, description="Must be the model's own frame size, e.g. '64x64' (or absent).")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Extension: the same seed gives the same clip.")
+    label: int | str | None = Field(None, description="Extension: class index or name (instead of the prompt).")
+    input_reference: str | None = Field(None, description="Not supported: must be absent.")
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    """OpenAI's video job object. `progress` is an integer percentage that never decreases; `expires_at` is set
+    once the job has finished (its files and the job itself are deleted then)."""
+
+    id: str
+    object: Literal["video"] = "video"
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(..., ge=0, le=100)
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    prompt: str | None = None
+    seconds: str
+    size: str
+    remixed_from_video_id: str | None = None
+    error: VideoError | None = None
+    genforge: dict = Field({}, description="Extension: the label, frames, fps, seed and options the clip is made "
+                                           "with.")
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
 
 
 class Health(BaseModel):

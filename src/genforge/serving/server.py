@@ -56,6 +56,9 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
     from genforge.serving.auth import load_keys
 
     settings = settings or ServeSettings()
+    if workers > 1 and any(_is_video(path) for path in models.values()):
+        raise UserError("Video jobs live in the process that took them, so a poll could reach another worker. "
+                        "Fix: serve video models with --workers 1.")
     settings.api_keys = load_keys(api_key_file)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(settings.timeout_s) + 5,
                   access_log=True)
@@ -87,3 +90,17 @@ def app_from_env():
     spec = json.loads(os.environ["GENFORGE_SERVE"])
     settings = ServeSettings(**{**spec["settings"], "api_keys": load_keys(spec.get("api_key_file"))})
     return create_app(load_models(spec["models"], spec.get("precision", "auto")), settings)
+
+
+def _is_video(path: str) -> bool:
+    """Whether a run or export directory holds a video model (read from its JSON alone, before loading)."""
+    import json
+    from pathlib import Path
+
+    for name in ("config.json", "export.json"):
+        try:
+            meta = json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        return bool((meta.get("data") or {}).get("frames")) or meta.get("modality") == "video"
+    return False

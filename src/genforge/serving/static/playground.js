@@ -104,7 +104,8 @@ function seconds(started) {
 
 function describe(model) {
   const info = model.genforge || {};
-  const parts = [info.modality, info.family, info.image_size, info.sample_rate && `${info.sample_rate} Hz`];
+  const parts = [info.modality, info.family, info.image_size, info.sample_rate && `${info.sample_rate} Hz`,
+                 info.frames && `${info.frames} frames at ${info.fps} fps`];
   if (info.conditional && info.classes && info.classes.length) parts.push(`${info.classes.length} classes`);
   const voices = (info.voices || []).filter((v) => v !== "default");
   if (voices.length) parts.push(`${voices.length} voice${voices.length === 1 ? "" : "s"}`);
@@ -152,10 +153,12 @@ function renderModel() {
   const info = (model && model.genforge) || {};
   const limits = info.limits || {};
   const isImage = info.modality === "image", isText = info.modality === "text", isAudio = info.modality === "audio";
-  const known = isImage || isText || isAudio;
+  const isVideo = info.modality === "video";
+  const known = isImage || isText || isAudio || isVideo;
   show($("image-fields"), isImage);
   show($("text-fields"), isText);
   show($("audio-fields"), isAudio);
+  show($("video-fields"), isVideo);
   $("model-info").textContent = !model ? ""
     : known ? describe(model) : `${describe(model)}: this playground cannot drive this kind of model yet.`;
   $("generate").disabled = !known || controller !== null;
@@ -173,6 +176,8 @@ function renderModel() {
     buildOptions($("text-options"), {...info.options, ...specs});
   } else if (isAudio) {
     renderSpeechFields(info, limits);
+  } else if (isVideo) {
+    renderVideoFields(info, limits);  // video.js
   }
 }
 
@@ -375,7 +380,8 @@ async function generate(event) {
   $("results").setAttribute("aria-busy", "true");
   showError(null);
   const started = performance.now();
-  const [target, run] = {text: [$("output"), generateText], audio: [$("speech"), generateSpeech]}[modality]
+  const [target, run] = {text: [$("output"), generateText], audio: [$("speech"), generateSpeech],
+                         video: [$("video"), generateVideo]}[modality]
     || [$("images"), generateImages];
   try {
     await run(model, controller.signal, started);
