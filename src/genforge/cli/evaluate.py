@@ -16,7 +16,7 @@ from genforge.errors import UserError
 @user_errors
 def eval_run(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
-    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), or snippets of a Python-code text model for python_parse_rate (default 50)."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), audio clips (300), video clips (256), or snippets of a Python-code text model for python_parse_rate (default 50)."),
     reference: str = typer.Option("test", help="Real split to compare with: test (held out) or train."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data); evaluators are cached in its evaluators/ folder."),
     seed: int = typer.Option(0, help="Seed for the samples and the metrics' random subsets; the same seed repeats the result."),
@@ -37,7 +37,9 @@ def eval_run(
     Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples; VAEs also the test
     negative log-likelihood (importance-sampled, nats or bits/dim), the ELBO's terms and reconstruction error. Text runs:
     validation loss, perplexity and bits per character/byte on the run's held-out text; runs on Python
-    source also the share of generated snippets that parse (python_parse_rate).
+    source also the share of generated snippets that parse (python_parse_rate). Audio and video runs: their
+    metrics beside the same figures for real test clips (the floor); video (Moving MNIST) through a frame CNN
+    genforge trains itself: Fréchet distances per frame and per clip, identity, labels, motion (not FVD).
     """
     from genforge.evaluation import EVAL_FILE, METRIC_INFO, evaluate_run
 
@@ -52,7 +54,7 @@ def eval_run(
         leave_distributed()
         return
     out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False, soft_wrap=True)
-    floor = (report.get("floor") or {}).get("metrics") or {}  # audio: the same numbers for real test clips
+    floor = (report.get("floor") or {}).get("metrics") or {}  # audio, video: the same numbers for real test clips
     table = Table("metric", "value", *(["real test clips"] if floor else []), "better", box=None)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     for name, value in report["metrics"].items():
@@ -66,6 +68,9 @@ def eval_run(
         counts = report["details"].get(key)
         if counts:
             out.print(f"{what}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), highlight=False, soft_wrap=True)
+    motion = report["details"].get("motion")
+    if isinstance(motion, str):  # video with 2 digits: no positions, no motion metrics
+        out.print(f"motion: {motion}", highlight=False, soft_wrap=True)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False, soft_wrap=True)
     leave_distributed()
 
@@ -73,16 +78,31 @@ def eval_run(
 @evaluator_app.command("train")
 @user_errors
 def evaluator_train(
-    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg or fsdd (spoken digits)."),
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, fsdd (spoken digits) or moving-mnist."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     epochs: Optional[float] = typer.Option(None, help="Override the recipe's epochs (the id changes with the weights)."),
     force: bool = typer.Option(False, "--force", help="Retrain even if a cached evaluator exists."),
+    size: Optional[int] = typer.Option(None, help="moving-mnist: the frame side the runs use (default: the canvas, 64); one evaluator per size."),
+    digits: int = typer.Option(1, help="moving-mnist: digits per clip (1 or 2)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ):
     """Train (with a fixed seed) and cache the evaluator for a dataset; prints its test accuracy."""
     from genforge.evaluation import (evaluator_domain, evaluators_root, is_audio_evaluator_dataset,
                                      train_audio_evaluator, train_evaluator)
 
+    if dataset == "moving-mnist":  # a frame CNN per frame size: digit identity and position
+        from genforge.evaluation.video_evaluator import train_video_evaluator, video_evaluator_name
+
+        opts = {"size": size, "digits": digits}
+        cached = not force and (evaluators_root(data_dir) / video_evaluator_name(opts) / "model.safetensors").exists()
+        ev = train_video_evaluator(opts, data_dir, epochs=epochs, force=force, progress=not no_progress)
+        t, test = ev.config["training"], ev.config["test"]
+        where = f", position error {test['position_mae_px']:.2f} px" if "position_mae_px" in test else ""
+        out.print(f"{ev.id}: frame accuracy {ev.test_accuracy:.2%}{where} on the test split ({t['epochs_done']} "
+                  f"epochs, {t['seconds']} s on {t['device']}) in {ev.directory}", highlight=False, soft_wrap=True)
+        if cached:
+            out.print("already trained (cached); --force trains it again")
+        return
     if is_audio_evaluator_dataset(dataset):  # a spoken-digit classifier on log-mel input
         domain, trainer = dataset, train_audio_evaluator
     else:

@@ -46,6 +46,10 @@ FSDD (`genforge evaluator train fsdd`, or on first use), beside the same numbers
                                           # speaker_entropy, speakers_hit, memorization
 
 See audio_classifier.py (the network, its front end and training) and audio_metrics.py (the metrics, the floor).
+
+Video (Moving MNIST): a frame CNN genforge trains on real clips (digit identity and position), and from it
+Fréchet distances per frame and per clip, identity consistency, label accuracy and motion physics, each beside
+real test clips (not FVD: the I3D weights cannot be had offline). See video_evaluator.py and video_metrics.py.
 """
 
 from genforge.evaluation.audio_classifier import (AUDIO_EVALUATOR_DATASETS, AudioEvaluator, AudioEvaluatorNet,
@@ -61,6 +65,11 @@ from genforge.evaluation.reference import Reference, memorization_threshold, ref
 from genforge.evaluation.runner import EVAL_FILE, METRIC_INFO, evaluate_images, evaluate_run
 from genforge.evaluation.training_audio import TrainingAudioFD, training_evaluator
 from genforge.evaluation.training_fid import TrainingFID
+from genforge.evaluation.training_video import TrainingVideoFD
+from genforge.evaluation.video_evaluator import (VIDEO_EVALUATOR_DATASETS, VideoEvaluator, VideoRecipe,
+                                                 is_video_evaluator_dataset, load_video_evaluator,
+                                                 train_video_evaluator)
+from genforge.evaluation.video_metrics import evaluate_video_clips
 
 __all__ = [
     "EVALUATOR_DATASETS", "RECIPES", "Evaluator", "EvaluatorNet", "evaluator_domain", "evaluators_root",
@@ -69,5 +78,7 @@ __all__ = [
     "prdc", "Reference", "memorization_threshold", "reference_features", "EVAL_FILE", "METRIC_INFO",
     "evaluate_images", "evaluate_run", "TrainingFID", "TrainingAudioFD", "training_evaluator", "AUDIO_EVALUATOR_DATASETS", "AudioEvaluator",
     "AudioEvaluatorNet", "AudioRecipe", "is_audio_evaluator_dataset", "load_audio_evaluator", "mel_filterbank",
-    "train_audio_evaluator", "clip_reference", "evaluate_clips", "score_features",
+    "train_audio_evaluator", "clip_reference", "evaluate_clips", "score_features", "TrainingVideoFD",
+    "VIDEO_EVALUATOR_DATASETS", "VideoEvaluator", "VideoRecipe", "is_video_evaluator_dataset", "load_video_evaluator",
+    "train_video_evaluator", "evaluate_video_clips",
 ]

@@ -6,6 +6,9 @@
 - text models: held-out loss, perplexity, bits per unit, Python parse rate (text.py);
 - audio models (`modality == "audio"`): generated clips through the spoken-digit evaluator, with the same
   numbers for real test clips as the floor (audio_metrics.py).
+- video models (`modality == "video"`, Moving MNIST): generated clips through a frame CNN genforge trains on
+  Moving MNIST (Fréchet distances per frame and per clip, identity, labels, motion physics; not FVD), with the
+  same numbers for real test clips as the floor (video_metrics.py).
 
 Everything lands in RUN_DIR/eval.json with the same top-level keys (metrics, details, seconds, ...).
 """
@@ -60,6 +63,15 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "bits_per_char": ("held-out bits per character", "lower"),
     "bits_per_byte": ("held-out bits per UTF-8 byte", "lower"),
     "python_parse_rate": ("share of generated Python snippets that parse", "higher"),
+    "frame_fd": ("Fréchet distance of frame features to real test clips' frames (Moving MNIST; not FVD)", "lower"),
+    "clip_fd": ("Fréchet distance of clip features (frame features' mean, std, mean step; standardised)", "lower"),
+    "identity_consistency": ("share of a clip's frames showing its majority digit(s), mean over clips", "higher"),
+    "label_accuracy": ("share of clips whose majority digit(s) is the label asked for", "higher"),
+    "mean_speed": ("mean digit displacement per frame, canvas px (compare with the real floor)", "-"),
+    "speed_jitter": ("std of |dx|, |dy| between bounces, px/frame (real: the evaluator's noise)", "lower"),
+    "off_wall_reflections": ("velocity reversals away from the walls, per clip", "lower"),
+    "frozen_clips": ("share of clips whose digit moves < 0.5 px/frame on average", "lower"),
+    "teleports": ("jumps faster than the data's top speed (+ tolerance), per clip", "lower"),
 }
 
 
@@ -169,6 +181,8 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     Text runs: held-out loss etc.; n is the number of Python snippets for python_parse_rate (default 50).
     Audio runs: n clips (default 300; conditional runs every digit in turn) against the real test clips, and the
     real floor (report["floor"]); see audio_metrics.py.
+    Video runs (Moving MNIST): n clips (default 256; conditional runs every class in turn) against real test clips,
+    and the real floor (report["floor"]); see video_metrics.py.
     Under `accelerate launch` the image samples are split over the processes (the same images as one process
     makes); the main process scores them and returns the report, the others return None.
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
@@ -180,7 +194,16 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     dev = default_device(device)
     # fp32: a score must not depend on which precision this machine happens to generate fastest in
     model = load(run_dir, dev, select=select, precision="no")
-    if getattr(model, "modality", None) == "audio":  # before the image branch: an audio generator is an image one too
+    if getattr(model, "modality", None) == "video":  # before the image branch, as audio
+        from genforge.evaluation.video_metrics import video_report
+
+        if inception_weights is not None:
+            raise UserError("--inception-weights is for image runs; video runs are scored by a Moving-MNIST evaluator.")
+        report = video_report(model, n, reference, data_dir, seed, batch_size, k, dev, evaluator_root, progress,
+                              sample_options or {})
+        if report is None:  # a helper process under `accelerate launch`
+            return None
+    elif getattr(model, "modality", None) == "audio":  # before the image branch: an audio generator is an image one too
         from genforge.evaluation.audio_metrics import audio_report
 
         if inception_weights is not None:

@@ -49,9 +49,16 @@ class TrainingAudioFD:
 
 
 def training_evaluator(cfg, data_dir=None, progress: bool = False):
-    """The in-training score of a run whose family does not score itself: FD of clips for audio data, FID of
-    images otherwise."""
+    """The in-training score of a run whose family does not score itself: FD of clips for audio data, the per-clip
+    FD for video, FID of images otherwise."""
     from genforge.data.audio import is_audio_dataset
+    from genforge.data.video import is_video_dataset
+
+    if is_video_dataset(cfg.data.dataset):
+        from genforge.evaluation.training_video import TrainingVideoFD
+
+        return TrainingVideoFD(cfg.data.dataset, cfg.data.video.model_dump(), data_dir, n=min(cfg.train.eval_samples, 512),
+                               seed=cfg.train.seed, progress=progress)
 
     if is_audio_dataset(cfg.data.dataset):
         return TrainingAudioFD(cfg.data.dataset, cfg.data.audio.model_dump(), data_dir, n=cfg.train.eval_samples,

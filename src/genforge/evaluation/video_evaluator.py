@@ -1,0 +1,436 @@
+"""The Moving-MNIST evaluator: a small CNN on single frames that genforge trains itself on generated real clips.
+
+It plays the role the image evaluators play (evaluator.py) for video runs on `moving-mnist`: its penultimate
+layer gives per-frame features (the Fréchet distances of video_metrics.py), its digit head the identity of each
+frame, its position head where the digit is. Nothing pretrained is used: the standard video metric (FVD) needs
+I3D weights that cannot be had offline, and this network is trained on exactly the clips the runs learn from.
+
+One evaluator per frame geometry, because a run's frames are the canvas area-downsampled to `size`: stored in
+`<evaluators root>/moving-mnist-v1-<size>[-2digits][-canvas<C>]/` as config.json + model.safetensors (never a
+pickle), trained with a fixed seed on first use; its id carries the weights' hash.
+
+- Input: one frame, grayscale, at the run's frame size, in [-1, 1].
+- Network: conv stages, then features from the flattened map (where) and its global max (what).
+- Heads: 1 digit: 10-way digit identity and the digit's top-left (x, y) regressed in [0, 1] (0 = touching the
+  left/top wall, 1 = the right/bottom wall, i.e. canvas pixels / (canvas - 28)); reported in canvas pixels.
+  2 digits: multi-label presence of each digit 0-9 (two overlapping digits are not told apart by order, so no
+  position head: the motion metrics are for 1-digit clips only).
+- Training data: the MovingMnist train split (MNIST train digits) with the default motion at the run's canvas,
+  digit count and frame size, 4 frames per clip; test figures on the test split (MNIST test digits).
+- Augmentation: intensity gain and white noise, so generated frames are judged by the digit, not by noise.
+- 32 features: the per-clip Fréchet distance fits a covariance to 3 x 32 = 96 clip features from a few
+  hundred clips; more dimensions would make that estimate much noisier (see audio_classifier.py's note on
+  the Marchenko-Pastur law) while 32 already carry 10 digits and a position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+from genforge.errors import UserError
+from genforge.evaluation.evaluator import (_LUMA, CONFIG_FILE, ROOT_ENV, VERSION, WEIGHTS_FILE, _conv_bn_relu,
+                                           _fold_batchnorm, default_device, evaluators_root, progress_bar)
+from genforge.files import sha256_file
+
+VIDEO_EVALUATOR_DATASETS = ("moving-mnist",)
+DIGIT_SIZE = 28  # MNIST digits are pasted at 28 x 28 canvas pixels
+
+
+@dataclass(frozen=True)
+class VideoRecipe:
+    """Network and training schedule of the Moving-MNIST evaluator.
+
+    Network: VideoEvaluatorNet with stages of `widths` channels for frames up to 32 px (see `arch`), each
+    `convs_per_stage` conv-BN-ReLU and a 2x max pool, `feature_dim` features, a digit and a position head.
+    Loss: cross-entropy with `label_smoothing` (1 digit) or binary cross-entropy per digit (2 digits), plus
+    `position_weight` x smooth-L1 (`position_beta`; None: squared error) of the normalised position; AdamW under
+    a one-cycle schedule. The position weight is a balance: the position is learnt far faster than the digit,
+    and a larger weight starves the digit head of the shared features (measured: weight 20 -> 31% digits).
+    Data: `train_clips` clips of `frames_per_clip` frames (all frames used); `test_clips` test clips.
+    Augmentation per frame: gain in `gain` on the brightness above black, white noise of a std drawn in
+    (0, `noise_std`) with probability `noise_p`.
+    """
+
+    widths: tuple[int, ...] = (16, 32, 64)
+    convs_per_stage: int = 1
+    feature_dim: int = 32
+    train_clips: int = 8000
+    frames_per_clip: int = 4
+    test_clips: int = 500
+    epochs: float = 4
+    batch_size: int = 128
+    max_lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.05
+    position_weight: float = 5.0
+    position_beta: float | None = 0.05
+    gain: tuple[float, float] = (0.7, 1.0)
+    noise_p: float = 0.5
+    noise_std: float = 0.15
+
+    def arch(self, size: int) -> dict:
+        """`widths` are for frames up to 32 px; each doubling above adds a stage of half the first width in
+        front, so a 64-px evaluator costs ~1.5x a 32-px one, not 4x, and its last map stays as small."""
+        widths = list(self.widths)
+        for _ in range(max(0, math.ceil(math.log2(size / 32)))):
+            widths.insert(0, max(4, widths[0] // 2))
+        return {"widths": widths, "convs_per_stage": self.convs_per_stage, "feature_dim": self.feature_dim}
+
+
+VIDEO_RECIPE = VideoRecipe()
+
+
+def geometry(opts: dict) -> tuple[int, int, int]:
+    """(canvas, frame size, digits) of a run's video settings (VideoConfig's dump); 1 or 2 digits only."""
+    canvas = int(opts.get("canvas") or 64)
+    size = int(opts.get("size") or canvas)
+    digits = int(opts.get("digits") or 1)
+    if digits not in (1, 2):
+        raise UserError(f"The Moving-MNIST evaluator reads clips of 1 or 2 digits, not {digits}: {digits}-digit clips "
+                        "have no class to check. Fix: evaluate runs with data.video.digits 1 or 2.")
+    return canvas, size, digits
+
+
+def video_evaluator_name(opts: dict) -> str:
+    """The cache folder's name for these settings: moving-mnist-v1-<size>, + -2digits / -canvas<C> off default."""
+    canvas, size, digits = geometry(opts)
+    return (f"moving-mnist-{VERSION}-{size}" + (f"-{digits}digits" if digits != 1 else "")
+            + (f"-canvas{canvas}" if canvas != 64 else ""))
+
+
+def evaluator_opts(opts: dict, frames: int, clips: int) -> dict:
+    """The generator settings the evaluator is trained and tested on: the defaults (bounce motion, default
+    speed) at the run's canvas, frame size and digit count; nothing else of the run matters to a frame CNN."""
+    from genforge.data.video import DEFAULT_OPTIONS
+
+    canvas, size, digits = geometry(opts)
+    return {**DEFAULT_OPTIONS, "canvas": canvas, "size": size, "digits": digits, "frames": frames, "clips": clips}
+
+
+class VideoEvaluatorNet(nn.Module):
+    """Conv stages as EvaluatorNet's (conv-BN-ReLU, 2x max pool) -> [the flattened last map, its channels' global
+    max] -> Linear-BN-ReLU to the features -> a 10-logit digit `head` and, for 1 digit, a `position` head.
+
+    The flattened map says where things are; the global max says what is there wherever it is, so the digit
+    head need not learn every digit at every position (with the flattened map alone it learns far slower)."""
+
+    def __init__(self, size: int, arch: dict, positions: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch, side = 1, size
+        for w in arch["widths"]:
+            for _ in range(arch["convs_per_stage"]):
+                layers += _conv_bn_relu(ch, w)
+                ch = w
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        self.body = nn.Sequential(*layers)
+        self.embed = nn.Linear(ch * side * side + ch, arch["feature_dim"], bias=False)
+        self.embed_bn = nn.BatchNorm1d(arch["feature_dim"])
+        self.head = nn.Linear(arch["feature_dim"], 10)
+        self.position = nn.Linear(arch["feature_dim"], 2) if positions else None
+
+    @staticmethod
+    def pooled(h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h.flatten(1), h.amax(dim=(2, 3))], 1)
+
+    def forward(self, x: torch.Tensor):
+        f = F.relu(self.embed_bn(self.embed(self.pooled(self.body(x)))))
+        return f, self.head(f), (self.position(f) if self.position is not None else None)
+
+
+class _FusedVideoNet(nn.Module):
+    """Inference copy: each BatchNorm folded into the layer before it (as evaluator._FusedEvaluator), same outputs."""
+
+    def __init__(self, net: VideoEvaluatorNet):
+        super().__init__()
+        net = net.eval()
+        self.body = _fold_batchnorm(net.body)
+        self.embed = fuse_linear_bn_eval(net.embed, net.embed_bn)
+        self.head, self.position = net.head, net.position
+
+    def forward(self, x: torch.Tensor):
+        f = F.relu(self.embed(VideoEvaluatorNet.pooled(self.body(x))))
+        return f, self.head(f), (self.position(f) if self.position is not None else None)
+
+
+def frames_to_input(clips, size: int) -> torch.Tensor:
+    """uint8 (N, T, H, W, C) or (M, H, W, C) -> float (N*T, 1, size, size) in [-1, 1] (luma, area-resized)."""
+    x = torch.as_tensor(np.asarray(clips))
+    if x.dtype != torch.uint8 or x.dim() not in (4, 5) or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 clips (N, T, H, W, C) with C in (1, 3), got {x.dtype} {tuple(x.shape)}")
+    x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if x.shape[1] == 3:
+        x = (x * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.contiguous()
+
+
+def augment_frames(x: torch.Tensor, r: VideoRecipe, g: torch.Generator) -> torch.Tensor:
+    """A seeded copy of the (M, 1, H, W) batch with a brightness gain and, sometimes, white noise."""
+    m = len(x)
+    gain = torch.empty(m, 1, 1, 1).uniform_(*r.gain, generator=g)
+    x = (x + 1) * gain - 1
+    std = torch.rand(m, 1, 1, 1, generator=g) * r.noise_std * (torch.rand(m, 1, 1, 1, generator=g) < r.noise_p)
+    return (x + std * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+
+
+@dataclass
+class VideoEvaluator:
+    """A loaded Moving-MNIST evaluator: `extract(clips)` -> per-frame features, digit logits and positions."""
+
+    directory: Path
+    config: dict
+    net: nn.Module  # _FusedVideoNet
+    device: torch.device
+    data_dir: Path | None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    dataset = "moving-mnist"
+    modality = "video"
+
+    @property
+    def id(self) -> str:
+        return f"{self.config['name']}-{self.config['weights_sha256'][:8]}"
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(d) for d in range(10)]
+
+    @property
+    def digits(self) -> int:
+        return int(self.config["digits"])
+
+    @property
+    def canvas(self) -> int:
+        return int(self.config["canvas"])
+
+    @property
+    def size(self) -> int:
+        return int(self.config["size"])
+
+    @property
+    def has_positions(self) -> bool:
+        return self.digits == 1
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.config["arch"]["feature_dim"])
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.config["test"]["accuracy"])
+
+    @property
+    def position_rmse(self) -> float | None:
+        """Per-axis RMS error of the position head on real test frames, canvas pixels (None: 2 digits)."""
+        return self.config["test"].get("position_rmse_px")
+
+    @torch.no_grad()
+    def extract(self, clips, batch_size: int = 64, progress: bool = False, description: str = "frame features"):
+        """uint8 clips (N, T, H, W, C) -> features (N, T, d), digit logits (N, T, 10) and top-left positions
+        (N, T, 2) in canvas pixels (None for 2 digits); float32 on the CPU. Frames of another size are resized."""
+        clips = np.asarray(clips)
+        if clips.ndim != 5:
+            raise ValueError(f"expected clips as (N, T, H, W, C), got shape {clips.shape}")
+        n, t = clips.shape[:2]
+        feats, logits, pos = [], [], []
+        span = self.canvas - DIGIT_SIZE
+        with progress_bar(progress, description, n) as advance:
+            for start in range(0, n, batch_size):
+                x = frames_to_input(clips[start:start + batch_size], self.size).to(self.device)
+                f, lg, p = self.net(x)
+                feats.append(f.float().cpu())
+                logits.append(lg.float().cpu())
+                if p is not None:
+                    pos.append(p.float().cpu() * span)
+                advance(min(batch_size, n - start))
+        cat = lambda parts, d: (torch.cat(parts) if parts else torch.zeros(0, d)).reshape(n, t, d)  # noqa: E731
+        return cat(feats, self.feature_dim), cat(logits, 10), (cat(pos, 2) if self.has_positions else None)
+
+
+def is_video_evaluator_dataset(dataset: str) -> bool:
+    return dataset in VIDEO_EVALUATOR_DATASETS
+
+
+def _open(directory: Path, data_dir: Path | None, device: torch.device) -> VideoEvaluator:
+    fix = f"Fix: delete {directory} and run `genforge evaluator train moving-mnist`."
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        if sha256_file(directory / WEIGHTS_FILE) != config["weights_sha256"]:
+            raise ValueError("model.safetensors does not match the hash in config.json")
+        net = VideoEvaluatorNet(config["size"], config["arch"], config["digits"] == 1)
+        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except Exception as e:  # unreadable JSON or weights, missing keys, wrong shapes: all mean a damaged cache
+        raise UserError(f"The evaluator in {directory} is damaged ({type(e).__name__}: {e}). {fix}") from None
+    if config.get("dataset") != "moving-mnist" or config.get("name") != directory.name:
+        raise UserError(f"{directory} holds the evaluator '{config.get('name')}', not '{directory.name}'. {fix}")
+    return VideoEvaluator(directory, config, _FusedVideoNet(net).to(device).eval().requires_grad_(False), device,
+                          data_dir)
+
+
+def load_video_evaluator(opts: dict, data_dir: str | Path | None = None, *, root: str | Path | None = None,
+                         device: str | torch.device | None = None, train_if_missing: bool = True,
+                         progress: bool = False) -> VideoEvaluator:
+    """The Moving-MNIST evaluator for these video settings, trained on first use (with a notice on stderr)."""
+    from genforge.data import resolve_data_dir
+
+    data_dir = resolve_data_dir(data_dir)
+    directory = evaluators_root(data_dir, root) / video_evaluator_name(opts)
+    dev = default_device(device)
+    if not (directory / WEIGHTS_FILE).exists():
+        _, size, digits = geometry(opts)
+        cmd = f"genforge evaluator train moving-mnist --size {size}" + (f" --digits {digits}" if digits != 1 else "")
+        if not train_if_missing:
+            raise UserError(f"No {directory.name} evaluator in {directory.parent}. Fix: run `{cmd}`.")
+        print(f"No {directory.name} evaluator in {directory.parent} yet: training it now, once (a few minutes on "
+              f"one CPU core; `{cmd}` does this ahead).", file=sys.stderr, flush=True)
+        return train_video_evaluator(opts, data_dir, root=root, device=dev, progress=progress)
+    return _open(directory, data_dir, dev)
+
+
+def _targets(clips, digits: int, canvas: int):
+    """Per-frame training targets of a Clips batch: digit (1 digit: index; 2: 10-hot presence), position or None."""
+    n, t = clips.clips.shape[:2]
+    ids = torch.as_tensor(np.asarray(clips.digits), dtype=torch.long)  # (n, D)
+    if digits == 1:
+        label = ids[:, 0].repeat_interleave(t)
+    else:
+        label = torch.zeros(n, 10).scatter_(1, ids, 1.0).repeat_interleave(t, dim=0)
+    pos = None
+    if digits == 1:
+        pos = torch.as_tensor(np.asarray(clips.tracks)[:, :, 0, :], dtype=torch.float32).reshape(n * t, 2)
+        pos = pos / (canvas - DIGIT_SIZE)
+    return label, pos
+
+
+def _scores(ev: VideoEvaluator, clips, digits: int, canvas: int) -> dict:
+    """Test figures of the evaluator on a Clips batch: accuracy per frame, position errors in canvas pixels."""
+    _, logits, pos = ev.extract(clips.clips)
+    label, target = _targets(clips, digits, canvas)
+    logits = logits.reshape(-1, 10)
+    if digits == 1:
+        out = {"accuracy": round(float((logits.argmax(1) == label).float().mean()), 5)}
+        err = pos.reshape(-1, 2) - target * (canvas - DIGIT_SIZE)
+        out.update(position_mae_px=round(float(err.abs().mean()), 4),
+                   position_rmse_px=round(float(err.square().mean().sqrt()), 4))
+    else:  # a frame is right when all ten presence bits are
+        out = {"accuracy": round(float(((logits > 0).float() == label).all(1).float().mean()), 5)}
+    return {**out, "frames": len(logits)}
+
+
+def train_video_evaluator(opts: dict, data_dir: str | Path | None = None, *, root: str | Path | None = None,
+                          epochs: float | None = None, max_steps: int | None = None, seed: int = 0,
+                          device: str | torch.device | None = None, progress: bool = False, force: bool = False,
+                          recipe: VideoRecipe | None = None) -> VideoEvaluator:
+    """Train the evaluator for these video settings (canvas, size, digits) with a fixed seed, store it with its
+    test figures and training time, and return it loaded. epochs / max_steps / `recipe` shorten training (tests).
+    Written under a temporary name and renamed, so a killed run leaves no half evaluator."""
+    from genforge.data import resolve_data_dir
+    from genforge.data.video import MovingMnist
+
+    recipe = recipe or VIDEO_RECIPE
+    if (epochs is not None and not epochs > 0) or (max_steps is not None and max_steps < 1):
+        raise UserError("epochs must be > 0 and max_steps >= 1.")
+    data_dir = resolve_data_dir(data_dir)
+    root_dir = evaluators_root(data_dir, root)
+    name = video_evaluator_name(opts)
+    target = root_dir / name
+    dev = default_device(device)
+    if (target / WEIGHTS_FILE).exists() and not force:
+        return _open(target, data_dir, dev)
+    canvas, size, digits = geometry(opts)
+    train_opts = evaluator_opts(opts, recipe.frames_per_clip, recipe.train_clips)
+    test_opts = evaluator_opts(opts, recipe.frames_per_clip, recipe.test_clips)
+    t_data = time.perf_counter()
+    train = MovingMnist("train", train_opts, data_dir).clips(np.arange(recipe.train_clips))
+    test = MovingMnist("test", test_opts, data_dir).clips(np.arange(recipe.test_clips))
+    data_seconds = time.perf_counter() - t_data
+    try:
+        root_dir.mkdir(parents=True, exist_ok=True)
+        tmp = root_dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(f"Cannot write the evaluator cache in {root_dir} ({e.strerror}). "
+                        f"Fix: set ${ROOT_ENV} to a writable folder.") from None
+
+    frames = frames_to_input(train.clips, size)
+    label, pos = _targets(train, digits, canvas)
+    n = len(frames)
+    batch = min(recipe.batch_size, n)
+    torch.manual_seed(seed)
+    arch = recipe.arch(size)
+    net = VideoEvaluatorNet(size, arch, digits == 1).to(dev)
+    steps_per_epoch = n // batch
+    total = max(1, int(max_steps if max_steps is not None else math.ceil((epochs or recipe.epochs) * steps_per_epoch)))
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.max_lr, total_steps=total, pct_start=0.2)
+    t0 = time.perf_counter()
+    epoch, perm = -1, None
+    net.train()
+    with progress_bar(progress, f"training the {name} evaluator", total) as advance:
+        for step in range(total):
+            e, at = divmod(step, steps_per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + e))
+            idx = perm[at * batch:(at + 1) * batch]
+            x = augment_frames(frames[idx], recipe, torch.Generator().manual_seed(seed * 7_919 + step))
+            _, logits, p = net(x.to(dev))
+            y = label[idx].to(dev)
+            if digits == 1:
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                where = pos[idx].to(dev)
+                loss = loss + recipe.position_weight * (F.mse_loss(p, where) if recipe.position_beta is None else
+                                                        F.smooth_l1_loss(p, where, beta=recipe.position_beta))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            advance(1, f"loss {loss.item():.3f}" if step % 20 == 0 else None)
+    seconds = time.perf_counter() - t0
+
+    net.eval()
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+    config = {
+        "genforge_evaluator": 1, "modality": "video", "version": VERSION, "dataset": "moving-mnist", "name": name,
+        "canvas": canvas, "size": size, "digits": digits, "digit_size": DIGIT_SIZE, "arch": arch,
+        "heads": {"digit": "10-way identity" if digits == 1 else "10 x presence (multi-label)",
+                  "position": "top-left (x, y) / (canvas - 28)" if digits == 1 else None},
+        "data": {"train": {"split": "train", "clips": recipe.train_clips, "opts": train_opts},
+                 "test": {"split": "test", "clips": recipe.test_clips, "opts": test_opts}},
+        "training": {**asdict(recipe), "seed": seed, "steps": total, "epochs_done": round(total * batch / n, 3),
+                     "train_frames": n, "precision": "fp32", "device": str(dev), "threads": torch.get_num_threads(),
+                     "seconds": round(seconds, 1), "data_seconds": round(data_seconds, 1), "torch": torch.__version__},
+        "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+    }
+    ev = VideoEvaluator(tmp, {**config, "test": {"accuracy": 0.0}}, _FusedVideoNet(net).requires_grad_(False), dev,
+                        data_dir)
+    config["test"] = _scores(ev, test, digits, canvas)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if target.exists():  # force (or a damaged folder): swap the old one out only once the new one is complete
+        old = root_dir / f".old-{name}-{os.getpid()}"
+        os.replace(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: use its evaluator
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(target, data_dir, dev)
