@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from genforge.errors import UserError
+from genforge.evaluation.stored import read_evaluator
 from genforge.evaluation.evaluator import (CONFIG_FILE, ROOT_ENV, WEIGHTS_FILE, EvaluatorNet, _FusedEvaluator,
                                            default_device, evaluator_name, evaluators_root, progress_bar)
 from genforge.evaluation.feature_cache import store_reference
@@ -291,14 +292,8 @@ def _check_dataset(dataset: str) -> None:
 
 def _open(directory: Path, dataset: str, data_dir: Path | None, device: torch.device) -> AudioEvaluator:
     fix = f"Fix: delete {directory} and run `genforge evaluator train {dataset}`."
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if sha256_file(directory / WEIGHTS_FILE) != config["weights_sha256"]:
-            raise ValueError("model.safetensors does not match the hash in config.json")
-        net = AudioEvaluatorNet(config["frontend"], config["arch"], len(config["classes"]), len(config["speakers"]))
-        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except Exception as e:  # unreadable JSON or weights, missing keys, wrong shapes: all mean a damaged cache
-        raise UserError(f"The evaluator in {directory} is damaged ({type(e).__name__}: {e}). {fix}") from None
+    config, net = read_evaluator(directory, lambda c: AudioEvaluatorNet(c["frontend"], c["arch"], len(c["classes"]),
+                                                                        len(c["speakers"])), fix)
     if config.get("dataset") != dataset:
         raise UserError(f"{directory} holds an evaluator for '{config.get('dataset')}', not '{dataset}'. {fix}")
     return AudioEvaluator(dataset, directory, config, _FusedAudioNet(net).to(device).eval().requires_grad_(False),

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -36,6 +36,7 @@ from genforge import precision as prec
 from genforge.data import Augment, augment_batch, from_model_range, load_image_dataset, resolve_data_dir, to_model_range
 from genforge.data.registry import EMBEDDED_MNIST_MINI, parse_name
 from genforge.errors import UserError
+from genforge.evaluation.stored import read_evaluator
 from genforge.evaluation.feature_cache import store_reference  # the test features are a free reference cache
 from genforge.files import sha256_file
 
@@ -398,14 +399,7 @@ def _optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
 
 def _open(directory: Path, dataset: str, data_dir: Path, device: torch.device) -> Evaluator:
     fix = f"Fix: delete {directory} and run `genforge evaluator train {dataset}`."
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if sha256_file(directory / WEIGHTS_FILE) != config["weights_sha256"]:
-            raise ValueError("model.safetensors does not match the hash in config.json")
-        net = _build(config)
-        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except Exception as e:  # unreadable JSON or weights, missing keys, wrong shapes: all mean a damaged cache
-        raise UserError(f"The evaluator in {directory} is damaged ({type(e).__name__}: {e}). {fix}") from None
+    config, net = read_evaluator(directory, _build, fix)
     if config.get("dataset") != dataset:
         raise UserError(f"{directory} holds an evaluator for '{config.get('dataset')}', not '{dataset}'. {fix}")
     net = _FusedEvaluator(net).to(device).eval().to(memory_format=torch.channels_last).requires_grad_(False)

@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from genforge.errors import UserError
+from genforge.evaluation.stored import read_evaluator
 from genforge.evaluation.evaluator import (_LUMA, CONFIG_FILE, ROOT_ENV, VERSION, WEIGHTS_FILE, _conv_bn_relu,
                                            _fold_batchnorm, default_device, evaluators_root, progress_bar)
 from genforge.files import sha256_file
@@ -270,14 +271,7 @@ def is_video_evaluator_dataset(dataset: str) -> bool:
 
 def _open(directory: Path, data_dir: Path | None, device: torch.device) -> VideoEvaluator:
     fix = f"Fix: delete {directory} and run `genforge evaluator train moving-mnist`."
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        if sha256_file(directory / WEIGHTS_FILE) != config["weights_sha256"]:
-            raise ValueError("model.safetensors does not match the hash in config.json")
-        net = VideoEvaluatorNet(config["size"], config["arch"], config["digits"] == 1)
-        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except Exception as e:  # unreadable JSON or weights, missing keys, wrong shapes: all mean a damaged cache
-        raise UserError(f"The evaluator in {directory} is damaged ({type(e).__name__}: {e}). {fix}") from None
+    config, net = read_evaluator(directory, lambda c: VideoEvaluatorNet(c["size"], c["arch"], c["digits"] == 1), fix)
     if config.get("dataset") != "moving-mnist" or config.get("name") != directory.name:
         raise UserError(f"{directory} holds the evaluator '{config.get('name')}', not '{directory.name}'. {fix}")
     return VideoEvaluator(directory, config, _FusedVideoNet(net).to(device).eval().requires_grad_(False), device,
