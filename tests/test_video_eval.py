@@ -320,3 +320,24 @@ def test_training_video_fd_scores_a_run_during_training_and_keeps_the_best(root,
     assert score(real) < score(still) and score(still) == score(still)
     with pytest.raises(UserError, match="moving-mnist"):
         TrainingVideoFD("folder:/nowhere", OPTS, SHARED_DATA, evaluator_root=root)
+
+
+def test_genforge_tune_studies_a_video_preset_by_its_clip_fd(root, tmp_path, monkeypatch):
+    """`genforge tune` on a video run: trials scored by TrainingVideoFD (the evaluator for the run's frame size from
+    the evaluators root), finished with values, the best configuration written."""
+    import yaml
+
+    from genforge.tuning import tune
+    from test_video_models import video_config
+
+    opts = {**OPTS, "size": 16, "frames": 4}
+    train_video_evaluator(opts, SHARED_DATA, root=root, recipe=TINY, max_steps=60, device="cpu")
+    monkeypatch.setenv("GENFORGE_EVALUATORS", str(root))
+    raw = video_config("gan", max_steps=4, eval_every=2, eval_samples=100, checkpoint_every=4, sample_every=1000).model_dump()
+    preset = tmp_path / "video.yaml"
+    preset.write_text(yaml.safe_dump(raw))
+    result = tune(str(preset), {"train.lr": {"log_uniform": [1e-4, 1e-2]}}, 2, tmp_path / "study", seed=1,
+                  pruner="none", data_dir=SHARED_DATA, progress=False)
+    values = [t["value"] for t in result.trials]
+    assert len(values) == 2 and all(v is not None and np.isfinite(v) and v > 0 for v in values)
+    assert yaml.safe_load(result.best_config.read_text())["data"]["dataset"] == "moving-mnist"
