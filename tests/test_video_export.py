@@ -18,13 +18,15 @@ from test_video_models import SHARED_DATA, video_config
 def exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("video-export")
     out = {}
-    for family in ("gan", "diffusion"):
-        run = train(video_config(family, max_steps=3), base / family, SHARED_DATA, progress=False).run_dir
-        out[family] = (run, export(run, base / f"{family}-export"))
+    for name, family, model in (("gan", "gan", {}), ("gan-shift", "gan", {"clip_motion": "shift"}),
+                                ("diffusion", "diffusion", {})):
+        run = train(video_config(family, model, max_steps=3), base / name, SHARED_DATA, progress=False).run_dir
+        out[name] = (run, export(run, base / f"{name}-export"))
     return out
 
 
-@pytest.mark.parametrize("family,options", [("gan", {}), ("gan", {"frames": 7}), ("diffusion", {"guidance": 2.0}),
+@pytest.mark.parametrize("family,options", [("gan", {}), ("gan", {"frames": 7}), ("gan-shift", {"frames": 5}),
+                                            ("diffusion", {"guidance": 2.0}),
                                             ("diffusion", {"frames": 6, "sampler": "ddim", "steps": 3, "eta": 1.0})])
 def test_exported_clips_match_pytorch_on_the_same_inputs(exported, family, options):
     run, out = exported[family]

@@ -75,11 +75,31 @@ def test_clip_generator_runs_any_length_and_shares_content_across_frames():
         ClipGenerator(16, 1, 4, z_dim=8, motion_dim=8)
 
 
+def test_shift_motion_moves_one_image_per_clip_with_background_coming_in():
+    from genforge.models.video_gan import shifted
+
+    image = -torch.ones(1, 1, 8, 8)
+    image[0, 0, 2:4, 3] = 1.0
+    offsets = torch.tensor([[[0.0, 0.0], [2 / 8, 0.0], [0.0, 4 / 8], [-6 / 8, 0.0]]])  # 0, +1 px x, +2 px y, -3 px x
+    out = shifted(image, offsets)[0, :, 0]
+    torch.testing.assert_close(out[0], image[0, 0])
+    torch.testing.assert_close(out[1, :, 1:], image[0, 0, :, :-1])  # moved right by one pixel
+    torch.testing.assert_close(out[2, 2:], image[0, 0, :-2])  # moved down by two
+    assert (out[1, :, 0] == -1).all() and (out[3, :, -3:] == -1).all()  # background enters at the edges
+    G = ClipGenerator(16, 1, 4, z_dim=12, motion_dim=4, width=8, num_classes=10, embed_dim=4, motion="shift").eval()
+    with torch.no_grad():
+        clips = G(torch.randn(2, 12), torch.tensor([3, 4]), frames=6)
+    assert clips.shape == (2, 6, 1, 16, 16)
+    with pytest.raises(ValueError, match="motion"):
+        ClipGenerator(16, 1, 4, z_dim=12, motion_dim=4, motion="warp")
+
+
 # -- through the loop ------------------------------------------------------------------------------------------
-def video_config(family: str, **train_over):
+def video_config(family: str, model_over: dict | None = None, **train_over):
     model = ({"z_dim": 12, "motion_dim": 4, "g_width": 8, "d_width": 8, "embed_dim": 4, "loss": "hinge",
               "d_spectral_norm": True, "conditional": True} if family == "gan" else
              {"width": 8, "objective": "flow", "steps": 3, "conditional": True, "guidance": 2.0})
+    model.update(model_over or {})
     return validate({
         "name": f"tiny-video-{family}", "family": family,
         "data": {"dataset": "moving-mnist", "video": {"frames": 4, "size": 16, "clips": 256}},

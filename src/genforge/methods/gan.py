@@ -90,6 +90,10 @@ class GANConfig(MethodConfig):
     motion_dim: int = Field(16, ge=1, description="clips: the part of z that drives motion (the coefficients of a "
                             "Fourier series in time, MoCoGAN's content/motion split); the rest is content shared by "
                             "every frame. Must be below z_dim")
+    clip_motion: Literal["latent", "shift"] = Field(
+        "latent", description="clips: how motion enters (models/video_gan.py): latent, a motion code per frame "
+                              "into the frame generator (MoCoGAN); shift, one image per clip moved by a per-frame "
+                              "shift (content constant by construction, translation only)")
     clusters: int = Field(0, ge=0, description="self-conditioning (Liu et al. 2020): k-means the training images into "
                           "this many clusters and condition G and D on the cluster, as a cGAN is on labels; samples "
                           "draw clusters by their share of the data. Unconditional models only; 0: off")
@@ -122,7 +126,7 @@ class GANMethod(ImageMethod):
                 raise UserError(f"model.motion_dim={cfg.motion_dim} must be below model.z_dim={cfg.z_dim}: the rest of z "
                                 "is the clip's content.")
             return ClipGenerator(spec.height, spec.channels, spec.frames, cfg.z_dim, cfg.motion_dim, cfg.g_width,
-                                 classes, cfg.embed_dim, cfg.extra_layers)
+                                 classes, cfg.embed_dim, cfg.extra_layers, motion=cfg.clip_motion)
         G = Generator(spec.height, spec.channels, cfg.z_dim, cfg.g_width, classes, cfg.embed_dim,
                       cfg.extra_layers, cfg.latent_codes, label_prior=cfg.clusters > 0)
         if cfg.clusters and spec.label_counts:

@@ -10,6 +10,13 @@ of z), any number of frames can be drawn, and the network has no recurrence: it 
 length free (an exported GRU fixes the batch and sequence sizes it was traced with). The frequencies are learnt,
 starting at periods from 2 to 64 frames.
 
+`motion="shift"`: the series gives each frame a shift (dx, dy) instead of a code, and the DCGAN generator draws
+one image per clip, which the frames show moved (bilinear, background coming in at the edges). Content then
+cannot change between frames by construction; the motion is translation only, which is Moving MNIST's (and a
+camera pan's) but not a turning or deforming object's. On `moving-mnist-gan`, "latent" kept a clip's digit in
+only about half of its frames (identity consistency 0.49 after an hour); "shift" kept it by construction, but in
+a 15-minute trial its D won and it drew two or three shapes for all digits (docs/design-notes.md).
+
 Discriminator: MoCoGAN's two critics as one module with two outputs per clip, [clip score, mean frame score]
 (the losses average them): the DCGAN discriminator on every frame (is each frame a digit?) and a 3-D
 convolutional one on the whole clip (is the motion right?), each a projection discriminator when conditional.
@@ -20,22 +27,30 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genforge.models.dcgan import Discriminator, Generator, resolve_d_norm, stages_for
 
+MOTIONS = ("latent", "shift")
+
 
 class ClipGenerator(nn.Module):
     def __init__(self, image_size: int, channels: int, frames: int, z_dim: int = 100, motion_dim: int = 16,
-                 width: int = 64, num_classes: int = 0, embed_dim: int = 50, extra_layers: int = 0, harmonics: int = 8):
+                 width: int = 64, num_classes: int = 0, embed_dim: int = 50, extra_layers: int = 0, harmonics: int = 8,
+                 motion: str = "latent"):
         super().__init__()
         if not 0 < motion_dim < z_dim:
             raise ValueError(f"motion_dim must be within 1..z_dim-1 ({z_dim - 1}); got {motion_dim}")
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {', '.join(MOTIONS)}; got {motion!r}")
         self.z_dim, self.motion_dim, self.frames, self.num_classes = z_dim, motion_dim, frames, num_classes
-        self.codes, self.label_prior = 0, None
+        self.motion, self.codes, self.label_prior = motion, 0, None
         self.omega = nn.Parameter(2 * math.pi / torch.logspace(math.log10(2), math.log10(64), harmonics))
-        self.series = nn.Linear(motion_dim, motion_dim * (2 * harmonics + 1))  # cos, sin and a constant per code
-        self.frame = Generator(image_size, channels, z_dim, width, num_classes, embed_dim, extra_layers)
+        out = motion_dim if motion == "latent" else 2  # a motion code per frame, or a shift (dx, dy) per frame
+        self.series = nn.Linear(motion_dim, out * (2 * harmonics + 1))  # cos, sin and a constant per output
+        frame_in = z_dim if motion == "latent" else z_dim - motion_dim
+        self.frame = Generator(image_size, channels, frame_in, width, num_classes, embed_dim, extra_layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, frames: int | None = None,
                 times: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,11 +63,29 @@ class ClipGenerator(nn.Module):
         content, motion = z[:, : self.z_dim - self.motion_dim], z[:, self.z_dim - self.motion_dim :]
         phase = times[:, None] * self.omega[None]  # (T, K)
         basis = torch.cat([torch.cos(phase), torch.sin(phase), torch.ones_like(phase[:, :1])], 1)  # (T, 2K+1)
-        coeffs = self.series(motion).view(n, self.motion_dim, -1)  # (N, D, 2K+1)
-        steps = (coeffs @ basis.to(coeffs.dtype).t()).transpose(1, 2)  # (N, T, D): the motion code per frame
+        coeffs = self.series(motion).view(n, -1, basis.shape[1])  # (N, D, 2K+1)
+        steps = (coeffs @ basis.to(coeffs.dtype).t()).transpose(1, 2)  # (N, T, D): the series at each frame
+        if self.motion == "shift":  # one image per clip, moved: the content cannot change between frames
+            image = self.frame(content, labels)  # (N, C, H, W)
+            return shifted(image, torch.tanh(steps))
         codes = torch.cat([content[:, None].expand(n, t, content.shape[1]), steps], 2).flatten(0, 1)
         x = self.frame(codes, labels[:, None].expand(n, t).flatten() if labels is not None else None)
         return x.unflatten(0, (n, t))
+
+
+def shifted(image: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """image (N, C, H, W) in [-1, 1] moved by offsets (N, T, 2) (x, y in units of half the frame, as grid_sample's
+    coordinates) -> (N, T, C, H, W); what comes in from outside the frame is background (-1). Bilinear, so the
+    shift is differentiable and sub-pixel."""
+    n, t = offsets.shape[:2]
+    h, w = image.shape[-2:]
+    ys = (torch.arange(h, device=image.device, dtype=offsets.dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=image.device, dtype=offsets.dtype) * 2 + 1) / w - 1
+    base = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1)  # (H, W, 2): x, y
+    grid = base[None] - offsets.reshape(n * t, 1, 1, 2)  # sampling at p - offset moves the image by +offset
+    frames = image[:, None].expand(n, t, *image.shape[1:]).flatten(0, 1) + 1  # background 0 for zero padding
+    out = F.grid_sample(frames, grid.to(frames.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (out - 1).unflatten(0, (n, t))
 
 
 class ClipDiscriminator(nn.Module):
