@@ -176,3 +176,17 @@ def test_video_config_mistakes_are_one_line_errors(tmp_path):
     raw["model"]["motion_dim"] = 12
     with pytest.raises(UserError, match="motion_dim"):
         train(validate(raw), tmp_path / "b", SHARED_DATA, progress=False)
+
+
+def test_data_info_describes_moving_mnist_and_a_folder_of_clips(tmp_path):
+    r = CliRunner().invoke(app, ["data", "info", "moving-mnist", "--data-dir", str(SHARED_DATA)])
+    assert r.exit_code == 0, r.output
+    assert "clips per epoch (generated), shape [16, 64, 64, 1]" in r.output and "t10k-images-idx3-ubyte.gz" in r.output
+    from genforge.media.video import write_clips
+
+    clips = np.random.default_rng(0).integers(0, 255, (2, 16, 64, 64, 1), dtype=np.uint8)
+    for cls in ("a", "b"):
+        write_clips(clips, str(tmp_path / "clips" / cls) + "/", 8.0, fmt="gif")
+    r = CliRunner().invoke(app, ["data", "info", f"folder:{tmp_path / 'clips'}"])
+    assert r.exit_code == 0, r.output
+    assert "train: 4 clips, shape [16, 64, 64, 1]" in r.output and "classes (2): a, b" in r.output

@@ -82,7 +82,7 @@ def presets():
 @data_app.command("info")
 @user_errors
 def data_info(
-    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, fsdd (spoken digits) or folder:PATH"),
+    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, fsdd (spoken digits), moving-mnist (clips) or folder:PATH"),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -99,7 +99,7 @@ def data_info(
             rates = ", ".join(f"{r} Hz" for r in (s.get("sample_rates") or {}))
             out.print(f"  {split}: {s.get('count')} clips, {s['seconds']:.0f} s ({rates})")
         else:
-            out.print(f"  {split}: {s.get('count')} images, shape {s.get('shape')}")
+            out.print(f"  {split}: {s.get('count')} {s.get('unit', 'images')}, shape {s.get('shape')}")
     classes = info.get("classes") or []
     if classes:
         out.print(f"  classes ({len(classes)}): {', '.join(map(str, classes))}")

@@ -113,6 +113,10 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> dict:
     """
     if is_audio_dataset(name):
         return audio_dataset_info(name, data_dir)
+    from .video import is_video_dataset, video_dataset_info
+
+    if is_video_dataset(name):
+        return video_dataset_info(name, data_dir)
     kind, key = parse_name(name)
     if kind == "folder":
         try:

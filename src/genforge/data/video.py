@@ -245,3 +245,26 @@ def is_video_dataset(name: str) -> bool:
     except UserError:
         return False
     return folder.is_dir() and folder_holds_clips(folder)
+
+
+def video_dataset_info(name: str, data_dir=None) -> dict:
+    """`genforge data info` of a clip dataset with default options: Moving MNIST's shape, classes and the MNIST files
+    it draws from (generated, so its split sizes are per epoch); a folder's decoded clips."""
+    opts = _options(None)
+    shape = [opts["frames"], opts["canvas"], opts["canvas"], 1]
+    if is_moving_mnist(name):
+        from .loading import dataset_info
+
+        mnist = dataset_info("mnist", data_dir)
+        return {"name": MOVING_MNIST, "path": f"generated from MNIST in {mnist.get('path')}",
+                "splits": {split: {"count": opts["clips"], "shape": shape, "unit": "clips per epoch (generated)"}
+                           for split in ("train", "test")},
+                "classes": [str(d) for d in range(10)], "files": mnist.get("files", []), "report": {}}
+    folder = parse_name(name)[1]
+    try:
+        got = load_clip_folder(folder, opts)
+        splits = {"train": {"count": len(got.clips), "shape": list(got.clips.shape[1:]), "unit": "clips"}}
+        classes, report = got.classes, got.report
+    except UserError as exc:
+        splits, classes, report = {"train": {"count": None, "shape": None, "error": str(exc)}}, [], {}
+    return {"name": name.strip(), "path": folder, "splits": splits, "classes": classes, "files": [], "report": report}
