@@ -13,7 +13,7 @@ from rich.console import Console
 from genforge.errors import UserError
 
 app = typer.Typer(
-    help="genforge: train, sample and inspect generative models (GANs, VAEs, diffusion, language models, speech).",
+    help="genforge: train, sample and inspect generative models (GANs, VAEs, diffusion, language models, speech, video).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)

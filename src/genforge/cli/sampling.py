@@ -21,7 +21,7 @@ def sample(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`, or an export directory "
                                              "written by `genforge export` (sampled without torch, on onnxruntime)."),
     n: Optional[int] = typer.Option(None, "--n", help="How many images (default 64), texts (default 1), audio clips (default 8) or video clips (default 4)."),
-    out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Text: a file to write instead of printing."),
+    out_arg: Optional[str] = typer.Option(None, "--out", help="Images (required): x.png: one grid; x.npy: uint8 array (N, H, W, C); a folder (existing or ending in /): one PNG each. Audio: x.wav/.flac/.mp3, a folder/, x.png (spectrograms). Video: x.mp4/.webp/.gif/.apng (numbered when several), a folder/ (one MP4 each), x.png (a filmstrip), x.npy. Text: a file to write instead of printing."),
     label_list: List[str] = typer.Option([], "--label", help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image, audio and video models. Repeat it for several classes in turn (--label 3 --label 7 --n 4: 3, 7, 3, 7)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video models: frames per clip (default: the length the model was trained on)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Video models: playback rate of the written clips (default: the model's)."),
@@ -44,7 +44,7 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic (default) .. 1 as noisy as DDPM."),
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    fmt: str = typer.Option("png", "--format", help="Files written to a folder: images png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp); audio wav (default), flac or mp3."),
+    fmt: str = typer.Option("png", "--format", help="Files written to a folder: images png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp); audio wav (default), flac or mp3; video mp4 (default), webp, gif or apng."),
     quality: Optional[int] = typer.Option(None, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless). Default: JPEG 100 and lossless WebP, which keep the invisible mark through a later JPEG-75 re-encode (JPEG 95 written: 91-94% kept; lossy WebP removes it)."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
@@ -56,7 +56,7 @@ def sample(
     resize: Optional[int] = typer.Option(None, "--resize", help="Images: resize for display (Lanczos) so the longer side has this many pixels; the mark is applied after resizing."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder, for --drop-copies and --min-confidence (the evaluator and training features)."),
 ):
-    """Generate images, text or audio from a trained run.
+    """Generate images, text, audio or video clips from a trained run.
 
     Image models: a grid, an array or PNG files; --label for conditional models; --temperature scales a
     VAE's prior; --sampler, --steps, --eta and --guidance choose how a diffusion model samples;
