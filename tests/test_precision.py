@@ -110,7 +110,7 @@ def _slow_bf16(monkeypatch):
     class SlowAutocast(real):
         def __enter__(self):
             if self.fast_dtype == torch.bfloat16:
-                time.sleep(0.02)
+                time.sleep(0.05)  # wide enough that a loaded box (CI beside a training) cannot flip the verdict
             return super().__enter__()
 
     monkeypatch.setattr(torch, "autocast", SlowAutocast)
