@@ -91,8 +91,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # MNIST, 
 
 
 def test_a_trained_space_time_diffusion_run_is_served_as_the_library_samples_it(tmp_path):
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"the video run trains on Moving MNIST drawn from {SHARED_DATA}/mnist")
+    assert (SHARED_DATA / "mnist").is_dir(), f"the video run trains on Moving MNIST drawn from {SHARED_DATA}/mnist"
     import genforge
     from genforge.media.video import decode_clip
     from genforge.training import train
