@@ -56,11 +56,9 @@ class VideoGenerator(ImageGenerator):
         return {"frames": frames, **self.method.options_for(self.meta.get("model") or {})}
 
     def _marked(self, clips: np.ndarray) -> np.ndarray:
-        """The keyed image mark in every frame (a detector pools the frames' evidence: media/video.py)."""
-        mark = self.image_mark
-        if mark is None:
-            return clips
-        return mark.embed(clips.reshape(-1, *clips.shape[2:])).reshape(clips.shape)
+        from genforge.media.video import mark_clips
+
+        return mark_clips(self.image_mark, clips)
 
     def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
         drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}

@@ -240,6 +240,14 @@ def write_clips(clips: np.ndarray, out: str | Path, fps: float, record: Record |
 
 # ---------------------------------------------------------------------------------------------- the mark
 
+def mark_clips(mark: ImageMark | None, clips: np.ndarray) -> np.ndarray:
+    """The keyed image mark in every frame of uint8 clips (N, T, H, W, C) (`detect_clip_mark` pools them); clips
+    unchanged when there is no key. Shared by the torch generator and the runtime."""
+    if mark is None:
+        return clips
+    return mark.embed(clips.reshape(-1, *clips.shape[2:])).reshape(clips.shape)
+
+
 def clip_scores(mark: ImageMark, frames: np.ndarray) -> tuple[float, np.ndarray, int]:
     """(pooled z, per-frame z, observations) of uint8 (T, H, W, C) frames under `mark`'s key.
 

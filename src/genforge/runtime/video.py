@@ -24,8 +24,9 @@ class ExportedVideoModel(ExportedImageModel):
         """uint8 (N, T, H, W, C) clips from drawn inputs, the keyed mark in every frame."""
         x = np.nan_to_num(np.asarray(self.family.render(drawn, progress, **self._options(options)), np.float32), nan=0.0)
         clips = np.ascontiguousarray(np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 1, 3, 4, 2))
-        mark = self.image_mark
-        return mark.embed(clips.reshape(-1, *clips.shape[2:])).reshape(clips.shape) if mark is not None else clips
+        from genforge.media.video import mark_clips
+
+        return mark_clips(self.image_mark, clips)
 
     def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 64, progress=None,
                  **options) -> np.ndarray:
