@@ -110,7 +110,7 @@ def _slow_bf16(monkeypatch):
     class SlowAutocast(real):
         def __enter__(self):
             if self.fast_dtype == torch.bfloat16:
-                time.sleep(0.05)  # wide enough that a loaded box (CI beside a training) cannot flip the verdict
+                time.sleep(0.02)
             return super().__enter__()
 
     monkeypatch.setattr(torch, "autocast", SlowAutocast)
@@ -122,10 +122,11 @@ def test_training_auto_measures_records_and_caches(tmp_path, monkeypatch, two_ca
     meta = json.loads((tmp_path / "a" / "config.json").read_text())
     rec = meta["precision"]
     assert result.precision == "no" and rec["used"] == "no" and rec["source"] == "measured"
-    assert rec["setting"] == "auto" and rec["workload"] == "train gan" and rec["speed_vs_fp32"]["bf16"] < 1
+    # bf16 measured slower, or (on a loaded box, where the probe's first bf16 steps already look hopeless) dropped
+    assert rec["setting"] == "auto" and rec["workload"] == "train gan" and rec["speed_vs_fp32"].get("bf16", 0) < 1
     lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "precision" and lines[0]["used"] == "no" and lines[0]["step"] == 0
-    assert "bf16" in lines[0]["seconds_per_step"]
+    assert "bf16" in lines[0]["seconds_per_step"] or any("bf16 dropped" in n for n in rec.get("notes", []))
     # same model shape: the cached verdict; another shape: measured again
     train(tiny_config(mixed_precision="auto", max_steps=2), tmp_path / "b", progress=False)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["precision"]["source"] == "cache"
