@@ -311,8 +311,11 @@ def test_in_training_validation_is_the_same_after_resume(long_text_file, tmp_pat
 def test_budget_planner_sizes_the_run_from_the_measured_rate():
     planner = BudgetPlanner(budget_s=100.0, t_call=0.0, start_step=0)
     clock = {s: 2.0 + 0.1 * s for s in range(200)}  # 2 s of set-up, then 10 steps/s
-    plans = [(s, planner.plan(s, clock[s])) for s in range(1, 200)]
-    made = [(s, p) for s, p in plans if p is not None]
+    made = []
+    for s in range(1, 200):
+        if (p := planner.plan(s, clock[s])) is not None:
+            planner.adopt(p, clock[s])
+            made.append((s, p))
     assert len(made) == 1  # once
     step, plan = made[0]
     assert step >= SKIP_STEPS + 20 and clock[step] - clock[SKIP_STEPS] >= 0.04 * 100  # measured long enough
@@ -323,11 +326,30 @@ def test_budget_planner_sizes_the_run_from_the_measured_rate():
 
 def test_budget_planner_plans_after_a_tenth_of_the_budget_when_steps_are_slow():
     planner = BudgetPlanner(budget_s=300.0, t_call=0.0, start_step=0)
-    made = [(s, p) for s in range(1, 60) if (p := planner.plan(s, 2.0 + 5.0 * s)) is not None]  # 5 s a step
+    made = []
+    for s in range(1, 60):
+        if (p := planner.plan(s, 2.0 + 5.0 * s)) is not None:  # 5 s a step
+            planner.adopt(p, 2.0 + 5.0 * s)
+            made.append((s, p))
     assert len(made) == 1
     step, plan = made[0]
     assert step == SKIP_STEPS + 6  # 30 s of measured steps: a tenth of the budget, long before 20 steps
     assert plan["steps_per_sec"] == pytest.approx(0.2)
+
+
+def test_budget_planner_cuts_the_plan_when_the_box_slows_down_and_never_raises_it():
+    planner = BudgetPlanner(budget_s=100.0, t_call=0.0, start_step=0)
+    clock = {s: 2.0 + 0.1 * s for s in range(100)}  # 10 steps/s while measuring...
+    plan = next(p for s in range(1, 100) if (p := planner.plan(s, clock[s])) is not None)
+    planner.adopt(plan, clock[plan["planned_at_step"]])
+    at, t = plan["planned_at_step"], clock[plan["planned_at_step"]]
+    assert planner.revise(at + 10, t + 1.0) is None  # on pace: the plan stands
+    # ...then 8 steps/s: the old plan would overrun, so it is cut to what the time left holds at the new rate
+    cut = planner.revise(at + 40, t + 5.0)
+    assert cut is not None and cut["revised"] and cut["steps_per_sec"] == pytest.approx(8.0)
+    assert cut["total_steps"] == at + 40 + int((100.0 - (t + 5.0) - 2.0) * 0.96 * 8.0) < plan["total_steps"]
+    planner.adopt(cut, t + 5.0)
+    assert planner.revise(at + 40 + 200, t + 5.0 + 10.0) is None  # faster again (20 steps/s): never raised
 
 
 def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_file, tmp_path):
@@ -335,7 +357,10 @@ def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_fil
     raw = lm_raw(text_file, max_steps=100_000, eval_every=None, checkpoint_every=50, budget_minutes=0.2)
     result = train(validate(raw), tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    plan = next(r for r in records if r.get("event") == "budget")
+    plans = [r for r in records if r.get("event") == "budget"]  # the plan, and any cut a slowed box made
+    assert all(p.get("revised") for p in plans[1:]) and [p["total_steps"] for p in plans] == sorted(
+        (p["total_steps"] for p in plans), reverse=True)
+    plan = plans[-1]
     assert plan["total_steps"] < 100_000 and result.step == plan["total_steps"] and result.stopped is None
     state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
     assert state["budget"]["total_steps"] == plan["total_steps"] == state["total_steps"]
@@ -347,7 +372,7 @@ def test_budgeted_run_fits_its_schedule_to_the_plan_and_resumes_with_it(text_fil
     again = train(validate(raw), tmp_path / "run", resume=True, progress=False)
     assert again.step == plan["total_steps"]
     assert sum(r.get("event") == "budget" for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl")
-                                                       .read_text().splitlines())) == 1
+                                                       .read_text().splitlines())) == len(plans)
 
 
 @pytest.mark.parametrize("preset", ["shakespeare-char-gpt-small", "shakespeare-char-gpt", "shakespeare-char-lstm",

@@ -259,12 +259,14 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                 sums[k] = sums[k] + v if k in sums else v.clone()
             count += 1
 
-            if planner is not None:
-                plan = planner.plan(step, time.perf_counter())
+            if planner is not None and (not planner.planned or step % tcfg.log_every == 0):
+                now = time.perf_counter()
+                plan = planner.plan(step, now) if not planner.planned else planner.revise(step, now)
                 if world > 1:
                     plan = broadcast_object_list([plan], from_process=0)[0]
                 if plan is not None:
-                    planner, budget_plan, total = None, plan, plan["total_steps"]
+                    planner.adopt(plan, now)
+                    budget_plan, total = plan, plan["total_steps"]
                     method.total_steps = total  # step-based schedules (the LM's cosine) read it from here on
                     reporter.set_total(total)
                     if accelerator.is_main_process:
@@ -272,7 +274,8 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
                             f.write(json.dumps({"step": step, "event": "budget", **plan}) + "\n")
                         if progress:
                             say(f"train.budget_minutes={tcfg.budget_minutes}: {plan['steps_per_sec']:.2f} steps/s "
-                                f"measured, so this run takes {total} steps")
+                                f"{'since the plan, so it is cut to' if plan.get('revised') else 'measured, so this run takes'} "
+                                f"{total} steps")
             out_of_time = budget_s is not None and time.perf_counter() - t_start >= budget_s and step < total
             if world > 1 and budget_s is not None:  # rank 0's clock decides, or the ranks would part ways
                 out_of_time = broadcast_object_list([out_of_time], from_process=0)[0]
