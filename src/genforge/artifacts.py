@@ -48,9 +48,12 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def modality_of(meta: dict) -> str:
-    """What a run generates: its family's modality, or what its data made of it: "audio" when the data went through
+    """What a run generates: its family's modality, or what its data made of it: "music" when a language model read
+    music, "audio" when the data went through
     an audio codec (an image family trained on spectrograms generates sound), "video" when they were clips."""
     data = meta.get("data") or {}
+    if data.get("music"):
+        return "music"
     if data.get("codec"):
         return "audio"
     if data.get("frames"):
@@ -104,5 +107,8 @@ def load(run_dir: str | Path, device: str | torch.device | None = None,
 
         if not (run_dir / "tokenizer.json").exists():
             raise UserError(f"{run_dir} has no tokenizer.json, which a text model needs; the run directory is incomplete.")
-        return TextGenerator(run_dir, meta, net, load_tokenizer(run_dir), dev, weights.name, precision)
+        cls = TextGenerator
+        if modality == "music":
+            from genforge.generators.music import MusicGenerator as cls
+        return cls(run_dir, meta, net, load_tokenizer(run_dir), dev, weights.name, precision)
     return ImageGenerator(run_dir, meta, net, dev, weights.name, precision)

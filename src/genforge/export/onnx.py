@@ -105,6 +105,10 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
             data = model.meta.get("data", {})
             config["audio"] = {"sample_rate": model.sample_rate, "length": model.length, "codec": data.get("codec"),
                                "speakers": list(model.speakers), "license": data.get("license")}
+        if modality == "music":  # what the pieces are (ABC or events) and the corpus's licences
+            music = model.meta.get("data", {}).get("music", {})
+            config["music"] = {"kind": music.get("kind"), "dataset": music.get("dataset"),
+                               "licences": music.get("licences", {})}
         if method.modality == "text":  # the tokenizer travels as the run saved it (JSON: vocabulary or BPE merges)
             shutil.copy(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
             config["tokenizer"] = {"file": TOKENIZER_FILE, "kind": model.tokenizer.kind,

@@ -27,7 +27,8 @@ import torch
 from pydantic import Field
 
 from genforge.data.dataset import evenly_spaced
-from genforge.data.text import load_text_corpus
+from genforge.data.music import is_music_dataset, load_music_corpus
+from genforge.data.text import SEPARATOR, load_text_corpus
 from genforge.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from genforge.errors import UserError
 from genforge.methods.base import Method, MethodConfig, OnnxGraph
@@ -153,11 +154,46 @@ class TextData:
         return out
 
     def sample_prompt(self) -> list[int]:
-        """A newline where the vocabulary has one (nanoGPT's default start), else the first training token."""
+        """A newline where the vocabulary has one (nanoGPT's default start), else the first training token. Music:
+        the start of a tune (ABC) or the first piece's first word (events)."""
+        music = self.meta.get("music")
+        if music is not None:
+            ids = self.tokenizer.encode("X:1\n") if music["kind"] == "abc" else []
+            return ids if ids and self.tokenizer.unk_id not in ids else self.train_ids[:1].tolist()
         ids = self.tokenizer.encode("\n")
         if ids and self.tokenizer.unk_id not in ids:
             return ids
         return self.train_ids[:1].tolist()
+
+
+def _corpus_texts(d, data_dir) -> tuple[str, str, dict, dict]:
+    """(training text, held-out text, the corpus report, what else the run records about its data). Music corpora
+    are split by tune (data/music.py); other text by position (`split_text`)."""
+    if is_music_dataset(d.dataset, d.tokenizer):
+        corpus = load_music_corpus(d.dataset, d.val_fraction, d.tokenizer)
+        if (corpus.kind == "events") != (d.tokenizer == "event"):
+            fix = "data.tokenizer=event" if corpus.kind == "events" else "data.tokenizer=char (or bpe)"
+            raise UserError(f"{d.dataset} is {'note-event' if corpus.kind == 'events' else 'ABC'} text, which "
+                            f"data.tokenizer={d.tokenizer} does not fit. Fix: set {fix}.")
+        if not corpus.test and d.val_fraction > 0:
+            raise UserError(f"{d.dataset} has too few pieces to hold any out ({len(corpus.train)}). Fix: add "
+                            "pieces, or set data.val_fraction=0 and drop train.eval_every.")
+        train = list(corpus.train)
+        if d.music.transpose and corpus.kind == "events":
+            from genforge.music.events import transpose_events
+            shifted = [transpose_events(p, k) for k in range(-d.music.transpose, d.music.transpose + 1) if k
+                       for p in corpus.train]
+            train += [p for p in shifted if p is not None]
+        # every piece ends with the separator, so the model learns to end a piece with a blank line
+        join = lambda pieces: "".join(p + SEPARATOR for p in pieces)  # noqa: E731
+        music = {**corpus.meta(), "transpose": d.music.transpose, "train_pieces_augmented": len(train)}
+        return join(train), join(corpus.test), corpus.report, {"music": music, "python_source": False}
+    if d.tokenizer == "event":
+        raise UserError(f"data.tokenizer=event reads note-event music, and {d.dataset} is not a music dataset. "
+                        "Fix: use char, byte or bpe, or a music dataset (bach-chorales, folder:PATH of MIDI files).")
+    corpus = load_text_corpus(d.dataset, data_dir)
+    train_text, val_text = split_text(corpus.text, d.val_fraction)
+    return train_text, val_text, corpus.report, {"python_source": corpus.python}
 
 
 class LMMethod(Method):
@@ -177,8 +213,7 @@ class LMMethod(Method):
         run_dir = Path(run_dir)
         tok_path = run_dir / TOKENIZER_FILE
         with accelerator.main_process_first():  # rank 0 learns and saves the tokenizer; the others read it
-            corpus = load_text_corpus(d.dataset, data_dir)
-            train_text, val_text = split_text(corpus.text, d.val_fraction)
+            train_text, val_text, report, extra = _corpus_texts(d, data_dir)
             if resume or not accelerator.is_main_process:
                 tokenizer = load_tokenizer(tok_path)
             else:
@@ -198,8 +233,7 @@ class LMMethod(Method):
                             "Fix: raise data.val_fraction (e.g. 0.1), or drop train.eval_every.")
         meta = {"dataset": d.dataset, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                 "unit": tokenizer.unit, "val_fraction": d.val_fraction,
-                "train_tokens": len(train_ids), "val_tokens": len(val_ids), "corpus": corpus.report,
-                "python_source": corpus.python}
+                "train_tokens": len(train_ids), "val_tokens": len(val_ids), "corpus": report, **extra}
         return TextData(tokenizer, train_ids, val_ids, mcfg.block_size, tcfg.batch_size, tcfg.grad_accum,
                         accelerator.num_processes, tcfg.eval_samples, meta)
 

@@ -87,8 +87,8 @@ def load(path: str | Path, threads: int | None = None):
             sessions[name] = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's own error types
             raise UserError(f"onnxruntime cannot load {file}: {str(e)[:300]}") from None
-    if modality == "text":
-        from genforge.runtime.text import ExportedTextModel
+    if modality in ("text", "music"):
+        from genforge.runtime.text import ExportedMusicModel, ExportedTextModel
         from genforge.tokenizers import tokenizer_from_json
 
         tok = config.get("tokenizer") or {}
@@ -98,7 +98,8 @@ def load(path: str | Path, threads: int | None = None):
         if hashlib.sha256(data).hexdigest() != tok.get("sha256"):
             raise UserError(f"{path}: the tokenizer file is damaged (its SHA-256 differs from {EXPORT_FILE}). "
                             "Fix: export the run again.")
-        return ExportedTextModel(path, config, sessions, tokenizer_from_json(data.decode("utf-8")))
+        cls = ExportedMusicModel if modality == "music" else ExportedTextModel
+        return cls(path, config, sessions, tokenizer_from_json(data.decode("utf-8")))
     if modality == "audio":
         from genforge.runtime.audio import ExportedAudioModel
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from genforge.errors import UserError
 from genforge.marking import ExportedMarking
+from genforge.music.compose import Composer
 from genforge.text_jobs import TextJob, check_sampling_args, joined, run_jobs
 
 
@@ -175,3 +176,7 @@ class ExportedTextModel(ExportedMarking):
         for (piece,) in self.run(self.jobs([prompt], max_new_tokens, temperature, top_k, top_p, seed, stop, mark)):
             if piece:
                 yield piece
+
+
+class ExportedMusicModel(Composer, ExportedTextModel):
+    """An exported language model of music: `compose(...)` as `genforge.load`'s, on onnxruntime."""

@@ -47,6 +47,14 @@ class AudioConfig(Strict):
         return v
 
 
+class MusicConfig(Strict):
+    """Music corpora for the language models (genforge/data/music.py)."""
+
+    transpose: int = Field(0, ge=0, le=6, description="events: add copies of each training piece transposed by "
+                                                      "-N..+N semitones (pieces whose notes would leave the MIDI "
+                                                      "range are skipped); the held-out pieces stay as written")
+
+
 class VideoConfig(Strict):
     """Video clips: how Moving MNIST is generated, or how a folder of clips is cut to the model's shape.
 
@@ -105,17 +113,21 @@ class DataConfig(Strict):
     dataset: str = Field("mnist", description="images: mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, folder:PATH; "
                                                "audio: fsdd, folder:PATH (of WAV/FLAC/MP3); video: moving-mnist, "
                                                "folder:PATH (of MP4/WebM/GIF/WebP/APNG clips); "
-                                               "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH")
+                                               "text: shakespeare, tinyshakespeare, python-stdlib, text:PATH, code:PATH; "
+                                               "music (language models): folk-abc, folk-abc:COLLECTIONS, bach-chorales, "
+                                               "folder:PATH (of .abc, or .mid/.musicxml with tokenizer=event)")
     image_size: int | None = Field(None, description="images: resize to this square side; None keeps the native size")
     channels: Literal[1, 3] | None = Field(None, description="images: 1 = grayscale, 3 = RGB; None keeps the native channels")
     augment: AugmentConfig = AugmentConfig()
     subset: int | None = Field(None, ge=1, description="images: train on this many images only, a random subset fixed by "
                                                       "train.seed (small-data experiments, e.g. 6000 = 10% of MNIST)")
-    tokenizer: Literal["char", "byte", "bpe"] = Field("char", description="text: vocabulary, learnt from the training text")
+    tokenizer: Literal["char", "byte", "bpe", "event"] = Field("char", description="text: vocabulary, learnt from the "
+                                                               "training text; event: note-event words (music)")
     vocab_size: int | None = Field(None, ge=256, description="text: BPE vocabulary size (bpe only; default 2048)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="text: the last part of the corpus, held out for validation")
     audio: AudioConfig = AudioConfig()
     video: VideoConfig = VideoConfig()
+    music: MusicConfig = MusicConfig()
 
 
 class TrainConfig(Strict):
