@@ -19,6 +19,7 @@ from genforge.errors import UserError
 from genforge.media.audio import audio_format, decode_audio
 from genforge.media.audio_mark import AudioMark
 from genforge.media.images import decode
+from genforge.media.music import MUSIC_SUFFIXES, music_format, music_provenance
 from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
 from genforge.media.video import clip_format, clip_layout, decode_clip, detect_clip_mark
@@ -66,6 +67,9 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
         is_file = False
     if is_file:
         data = path.read_bytes()
+        music = music_format(data, path.suffix)
+        if music is not None:
+            return _verify_music(data, path, music)
         if audio_format(data) is not None:
             report = _verify_audio(data, path, keys)
             if report is not None:
@@ -90,7 +94,8 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
             return _verify_text(text, str(path), keys, model, read_sidecar(path))
         return _verify_image(data, pixels, xmp, f"{path} ({fmt})", keys)
     if len(target) < 200 and ("/" in target or target.endswith((".png", ".jpg", ".jpeg", ".webp", ".txt", ".wav",
-                                                                 ".flac", ".mp3", ".ogg") + CLIP_SUFFIXES)):
+                                                                 ".flac", ".mp3", ".ogg") + CLIP_SUFFIXES
+                                                                 + tuple(MUSIC_SUFFIXES))):
         raise UserError(f"{target}: no such file. (To verify text itself, pass the text; quote it.)")
     return _verify_text(target, "text given", keys, model, None)
 
@@ -140,6 +145,15 @@ def _verify_audio(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None
         report.marks.append(AudioMark(key).detect(samples, rate))
     if not keys:
         report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the inaudible mark was not checked")
+    return report
+
+
+def _verify_music(data: bytes, path: Path, fmt: str) -> Report:
+    """A MIDI, ABC or MusicXML file: the record in its text event or comment (media/music.py). These formats have
+    no C2PA binding, and music carries no keyed mark (a text mark would change the notes)."""
+    report = Report("music", f"{path} ({fmt.upper()})", metadata=music_provenance(data, fmt))
+    report.c2pa_note = f"none: {fmt.upper()} files have no C2PA binding (a rendered WAV carries one)"
+    report.notes.append("music carries no keyed mark: biasing a tune's tokens would change its notes")
     return report
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from genforge.cli import training  # noqa: F401,I001  (train, tune)
 from genforge.cli import sampling  # noqa: F401  (sample, reconstruct)
 from genforge.cli import speech  # noqa: F401  (speak)
+from genforge.cli import music  # noqa: F401  (render)
 from genforge.cli import evaluate  # noqa: F401  (eval, evaluator train)
 from genforge.cli import export  # noqa: F401
 from genforge.cli import serving  # noqa: F401

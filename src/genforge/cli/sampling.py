@@ -30,7 +30,7 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible samples."),
     nrow: Optional[int] = typer.Option(None, help="Images per grid row (default: square grid)."),
     select: Optional[str] = typer.Option(None, help="best: weights with the best in-training score (FID, validation loss); last: the final weights. Default: best when the run kept one."),
-    prompt: Optional[str] = typer.Option(None, help="Text models: the text to continue (default: a newline)."),
+    prompt: Optional[str] = typer.Option(None, help="Text models: the text to continue (default: a newline). Music models: ABC header fields in any order, e.g. 'M:6/8\\nK:Dmix\\nR:jig' (default: none; the model chooses), or the start of a piece."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Text models: tokens to generate (default 500)."),
     temperature: Optional[float] = typer.Option(None, help="Text models: sampling temperature, 0 = greedy (default 0.8)."),
     top_k: Optional[int] = typer.Option(None, help="Text models: sample from the k most likely tokens only."),
@@ -44,7 +44,9 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic (default) .. 1 as noisy as DDPM."),
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance, 0 ignores --label, 1 follows it, more follows it harder (default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    fmt: str = typer.Option("png", "--format", help="Files written to a folder: images png, jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp); audio wav (default), flac or mp3; video mp4 (default), webp, gif or apng."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Files written to a folder: images png (default), jpeg or webp (a grid's format is its --out suffix: .png, .jpg, .webp); audio wav (default), flac or mp3; video mp4 (default), webp, gif or apng; music a comma list of abc, musicxml, mid, wav, flac, mp3, png (default abc,mid,wav,png; events musicxml,mid,wav,png)."),
+    keep_invalid: bool = typer.Option(False, "--keep-invalid", help="Music models: keep pieces that do not parse or whose bars do not fit the metre (by default they are dropped, counted and redrawn)."),
+    soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="Music models: the SF2 soundfont that renders .wav files (default: the General MIDI TimGM6mb that ships with pretty_midi)."),
     quality: Optional[int] = typer.Option(None, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless). Default: JPEG 100 and lossless WebP, which keep the invisible mark through a later JPEG-75 re-encode (JPEG 95 written: 91-94% kept; lossy WebP removes it)."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
@@ -63,6 +65,9 @@ def sample(
     --interpolate A B walks between two seeds or two images. Text models: --prompt and the sampling options.
     Audio models (speech): WAV/FLAC/MP3 files (x.wav, or a folder/ for one per clip) or x.png, a grid of their
     spectrograms; --label picks the digit, --speaker the voice.
+    Music models: whole tunes (stopped at the blank line that ends one), checked (they parse, their bars fit the
+    metre) and redrawn when they fail; printed, or written by --out (a folder/: .abc or .musicxml, .mid, .wav and a
+    piano-roll .png each; x.mid: one format); --prompt 'M:6/8\\nK:D' asks for a jig in D.
     Video models: clips as MP4 (H.264), animated WebP, GIF or APNG by the --out extension (a folder/: one MP4
     each), or x.png, a filmstrip (frames across, clips down); --frames and --fps set length and playback rate.
     An export directory (`genforge export`) is sampled by the torch-free runtime: torch is not imported.
@@ -95,6 +100,22 @@ def sample(
                   highlight=False, soft_wrap=True)
     text_opts = {"--prompt": prompt, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--stop": stop or None}
+    if model.modality == "music":
+        from genforge.cli.compose import sample_music
+
+        misused = [name for name, v in {"--label": label, "--nrow": nrow, "--sampler": sampler, "--steps": steps,
+                                        "--eta": eta, "--guidance": guidance, "--stop": stop or None}.items()
+                   if v is not None]
+        if misused:
+            raise UserError(f"{', '.join(misused)} does not apply to music models; {run_dir} composes music. "
+                            "Use --prompt (header fields such as 'M:6/8\\nK:D'), --n, --max-new-tokens, "
+                            "--temperature, --top-k, --top-p, --keep-invalid, --soundfont, --format.")
+        formats = tuple(f.strip() for f in fmt.split(",") if f.strip()) if fmt else None
+        sample_music(model, n, out_arg, prompt, max_new_tokens, temperature, top_k, top_p, seed, keep_invalid,
+                     str(soundfont) if soundfont else None, formats, signer, not no_metadata)
+        return
+    if keep_invalid or soundfont is not None:
+        raise UserError(f"--keep-invalid and --soundfont apply to music models; {run_dir} is {'an' if model.modality[0] in 'aeiou' else 'a'} {model.modality} model.")
     if model.modality == "text":
         misused = [name for name, v in {"--label": label, "--nrow": nrow, "--sampler": sampler, "--steps": steps,
                                         "--eta": eta, "--guidance": guidance}.items() if v is not None]
@@ -121,7 +142,7 @@ def sample(
                             f"{', '.join('--' + o for o in model.options())}).")
         if frames is not None:
             image_opts["frames"] = frames
-        sample_video(model, n, out_arg, label, seed, fps, scale, fmt, image_opts, signer, not no_metadata,
+        sample_video(model, n, out_arg, label, seed, fps, scale, fmt or "png", image_opts, signer, not no_metadata,
                      not no_progress)
         return
     if model.modality == "audio":
@@ -134,7 +155,7 @@ def sample(
             raise UserError(f"{', '.join(foreign)}: not an option of this audio model"
                             + (f" (its options: {', '.join('--' + o for o in model.options())})." if model.options()
                                else "; it takes --n, --seed, --label and --speaker."))
-        sample_audio(model, n, out_arg, cycle_labels(label, n or 8), speaker, seed, nrow, "wav" if fmt == "png" else fmt, image_opts,
+        sample_audio(model, n, out_arg, cycle_labels(label, n or 8), speaker, seed, nrow, fmt or "wav", image_opts,
                      signer, not no_metadata)
         return
     if speaker is not None:
@@ -157,6 +178,7 @@ def sample(
     if not as_dir and out_path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".npy"):
         raise UserError(f"--out must end in .png, .jpg or .webp (a grid), .npy (array) or / (one file per sample); "
                         f"got '{out_path}'.")
+    fmt = fmt or "png"
     if fmt.lower() not in ("png", "jpeg", "jpg", "webp"):
         raise UserError(f"--format must be png, jpeg or webp; got '{fmt}'.")
     if quality is not None and not 1 <= quality <= 100:
