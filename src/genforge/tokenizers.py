@@ -26,7 +26,7 @@ from genforge.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-KINDS = ("char", "byte", "bpe")
+KINDS = ("char", "byte", "bpe", "event")
 FORMAT_VERSION = 1
 REPLACEMENT = "\ufffd"
 DEFAULT_BPE_VOCAB = 2048
@@ -193,6 +193,69 @@ class BPETokenizer(Tokenizer):
         return json.dumps({"kind": "bpe", "version": FORMAT_VERSION, "hf_tokenizer": self.hf.to_str()})
 
 
+class EventTokenizer(Tokenizer):
+    """One id per distinct word of the training text (music event text: `Bar`, `Pos_4`, `P67`, ...) and one
+    for the newline; whitespace between words is not a token. Then one unknown id at the end.
+
+    Decoding is a plain concatenation of each id's string, so text streamed id by id (`StreamDecoder`) equals
+    the whole decode: the newline is itself, a word that only ever began a line in the training text (a *head*:
+    `Bar`, `M:4/4`) is itself, every other word is " " + itself. Text written the way the training text was
+    therefore comes back exactly; a head the model puts mid-line glues to the word before it and fails to parse,
+    as it should. Losses are per event: every id, the newline included, is one unit.
+    """
+
+    kind = "event"
+    unit = "event"
+
+    def __init__(self, words: list[str], heads: list[str]):
+        bad = [w for w in words if not w or any(c.isspace() for c in w)]
+        if bad or len(set(words)) != len(words) or not set(heads) <= set(words):
+            raise UserError("An event tokenizer needs distinct words without whitespace (heads among them). "
+                            "Fix: rebuild it with train_tokenizer('event', text).")
+        self.words = sorted(words)
+        self.heads = sorted(heads)
+        head = set(heads)
+        self.pieces = ["\n"] + [w if w in head else " " + w for w in self.words] + [" " + REPLACEMENT]
+        self.stoi = {w: i + 1 for i, w in enumerate(self.words)}
+        self.newline_id = 0
+        self.unk_id = len(self.words) + 1
+        self.vocab_size = len(self.words) + 2
+
+    def encode(self, text: str) -> list[int]:
+        stoi, unk, ids = self.stoi, self.unk_id, []
+        for k, line in enumerate(text.split("\n")):
+            if k:
+                ids.append(self.newline_id)
+            ids += [stoi.get(w, unk) for w in line.split()]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        pieces, unk = self.pieces, self.pieces[-1]
+        return "".join(pieces[i] if 0 <= i < len(pieces) else unk for i in ids)
+
+    def units_per_token(self) -> list[int]:
+        return [1] * self.vocab_size
+
+    def count_units(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "event", "version": FORMAT_VERSION, "words": self.words, "heads": self.heads},
+                          ensure_ascii=False)
+
+
+def _train_event(text: str) -> EventTokenizer:
+    starts, inner = set(), set()
+    for line in text.split("\n"):
+        words = line.split()
+        if words:
+            starts.add(words[0])
+            inner.update(words[1:])
+    if not starts:
+        raise UserError("Cannot build an event vocabulary from text without words. Fix: pass the event-text corpus.")
+    return EventTokenizer(sorted(starts | inner), sorted(starts - inner))
+
+
 _BPE_CHUNK = 1 << 16
 _PRETOKEN_BOUNDARY = re.compile(r"(?<=\S)\n(?=\S)")
 
@@ -246,6 +309,11 @@ def train_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Toke
             raise UserError(f"A byte tokenizer always has 256 ids; got vocab_size={vocab_size}. "
                             "Fix: leave vocab_size unset for kind 'byte' (or use kind 'bpe').")
         return ByteTokenizer()
+    if kind == "event":
+        if vocab_size is not None:
+            raise UserError("vocab_size applies to BPE only: an event vocabulary is the corpus's own words. "
+                            "Fix: leave vocab_size unset for kind 'event'.")
+        return _train_event(text)
     vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else int(vocab_size)
     if vocab_size < 256:
         raise UserError(f"A byte-level BPE vocabulary needs at least the 256 byte ids; got vocab_size={vocab_size}. "
@@ -271,6 +339,8 @@ def tokenizer_from_json(s: str) -> Tokenizer:
         return CharTokenizer(list(data["chars"]))
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "event":
+        return EventTokenizer(list(data["words"]), list(data.get("heads", [])))
     if kind == "bpe":
         from tokenizers import Tokenizer as HFTokenizer
 

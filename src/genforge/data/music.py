@@ -267,7 +267,7 @@ def _event_documents(files: list[Path], report: dict) -> list[tuple[str, str]]:
             report["dropped_unreadable"] += 1
             continue
         try:
-            out.append((str(path), score_to_events(score)))
+            out.append((str(path), score_to_events(score, quantise=True)))  # users' MIDI: snapped to the grid
         except MusicError:
             report["dropped_unrepresentable"] += 1
             continue
