@@ -1,10 +1,11 @@
 """End to end: the web playground of `genforge serve`, driven in headless Chromium (Playwright).
 
-Trains tiny runs (a conditional GAN, a char GPT and, where FSDD is at hand, a spectrogram GAN of spoken digits),
-serves them with an API key, then uses the page as a person would: images first, then streamed text, then a
-number read aloud into the audio player. GENFORGE_SCREENSHOT=1 also saves docs/playground.png.
+Trains tiny runs (a conditional GAN, a char GPT, an ABC GPT (music) and, where FSDD is at hand, a spectrogram GAN
+of spoken digits), serves them with an API key, then uses the page as a person would: images first, then streamed
+text, then a number read aloud into the audio player, then a tune shown as text and piano roll and played. GENFORGE_SCREENSHOT=1 also saves docs/playground.png.
 """
 
+import importlib.util
 import os
 import re
 import socket
@@ -70,6 +71,10 @@ def server(tmp_path_factory):
     train(tiny_config(model={"conditional": True}), image_run, progress=False)  # labels: the class picker shows
     train(tiny_lm_config(), text_run, progress=False)
     served = [f"img={image_run}", f"txt={text_run}"]
+    if importlib.util.find_spec("music21"):  # the music extra (part of the test extra)
+        from test_serving_music import train_music_run
+
+        served.append(f"folk={train_music_run(root / 'music')}")
     if (DATA / "fsdd" / "recordings").is_dir():
         train(validate(apply_overrides(read_raw("fsdd-specgan"), SPEECH)), root / "speech", data_dir=DATA,
               progress=False)
@@ -212,6 +217,46 @@ def test_a_number_read_aloud_plays_in_the_audio_player(server, page):
     assert src and src.startswith("blob:") and duration > 1.0, (src, duration)  # ten digits and their pauses
     assert re.search(r"^[\d.]+ s of audio · 8000 Hz · seed 3 · [\d.]+ KiB wav · [\d.]+ s$", page.text_content("#status"))
     assert page.get_attribute("#download", "download") == "speech.wav"
+
+
+def test_a_tune_shows_its_text_and_piano_roll_and_plays(server, page):
+    if not importlib.util.find_spec("music21"):
+        pytest.skip("the music model needs the music extra (music21)")
+    page.goto(f"{server}/")
+    enter_key(page, KEY)
+    page.wait_for_selector('#model option[value="folk"]', state="attached")
+    page.select_option("#model", "folk")
+    # the form comes from the model's entry: modality music, ABC text, an example header prompt
+    expect(page.locator("#music-fields")).to_be_visible()
+    expect(page.locator("#text-fields")).to_be_hidden()
+    assert page.input_value("#music-prompt") == "M:6/8\nK:D"
+    assert "music" in page.text_content("#model-info") and "abc" in page.text_content("#model-info")
+
+    page.fill("#music-temperature", "0.5")
+    page.fill("#music-max-tokens", "120")
+    page.fill("#music-seed", "7")
+    page.click("#generate")
+    page.wait_for_function("['done', 'error', 'stopped'].includes(document.querySelector('#music').dataset.state)")
+    expect(page.locator("#error")).to_be_hidden()
+    tune = page.text_content("#tune")
+    assert tune.startswith("X:1\nM:6/8\nL:1/8\nK:D\n|") and "\n\n" not in tune, tune  # one whole tune
+    width, height = page.evaluate("[document.querySelector('#piano-roll').naturalWidth, "
+                                  "document.querySelector('#piano-roll').naturalHeight]")
+    assert width > 100 and height > 50, (width, height)
+    duration = page.evaluate("document.querySelector('#music-player').duration")
+    assert 2 < duration < 30, duration  # four bars of 6/8 and the release
+    status = page.text_content("#status")
+    assert re.search(r"^[\d.]+ s of music · seed 7 · finish reason: stop · \d+ tokens · [\d.]+ s$", status), status
+    assert page.get_attribute("#midi-download", "download") == "tune.mid"
+    assert page.get_attribute("#tune-download", "download") == "tune.abc"
+
+    page.fill("#music-prompt", "M:6/8\nK:D\n|: [[[ (((")  # a start that is not music: the text, then the server's 400
+    page.click("#generate")
+    page.wait_for_function("['done', 'error', 'stopped'].includes(document.querySelector('#music').dataset.state)")
+    expect(page.locator("#error")).to_contain_text("does not read as ABC")
+    assert page.text_content("#tune").startswith("X:1\nM:6/8\nL:1/8\nK:D\n|: [[[")
+    expect(page.locator("#piano-roll")).to_be_hidden()
+    expect(page.locator("#generate")).to_be_enabled()
 
 
 def test_missing_or_wrong_key_asks_for_the_key(server, page):

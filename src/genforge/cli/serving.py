@@ -39,6 +39,9 @@ def serve(
     max_input_chars: int = typer.Option(1024, min=1, help="Longest `input` of a speech request, in characters (its "
                                                           "digits are capped at 64 apart)."),
     max_video_queue: int = typer.Option(16, min=1, help="Video jobs waiting per model; beyond it, 429 with Retry-After."),
+    max_render_chars: int = typer.Option(32768, min=1, help="Music: characters of the text one /v1/music/render request may send."),
+    max_render_seconds: float = typer.Option(300.0, min=1, help="Music: seconds of music one /v1/music/render request may render."),
+    max_render_queue: int = typer.Option(16, min=1, help="Music: render requests waiting; beyond it, 429."),
     max_video_frames: int = typer.Option(64, min=1, help="Most frames per clip (the model's own bound applies too)."),
     video_expiry: float = typer.Option(3600.0, min=1, help="Seconds a finished video job and its files are kept."),
     video_timeout: float = typer.Option(600.0, min=1, help="Seconds one video job may run (then it fails)."),
@@ -83,6 +86,8 @@ def serve(
                              max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls,
                              max_audio_calls=max_audio_calls, max_input_chars=max_input_chars,
                              max_video_queue=max_video_queue, max_video_frames=max_video_frames,
+                             max_render_chars=max_render_chars, max_render_seconds=max_render_seconds,
+                             max_render_queue=max_render_queue,
                              video_expiry_s=video_expiry, video_timeout_s=video_timeout,
                              mark=not no_mark, sign_cert=str(sign_cert) if sign_cert else None,
                              sign_key=str(sign_key) if sign_key else None)

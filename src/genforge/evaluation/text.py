@@ -12,7 +12,7 @@ import torch
 
 from genforge.data.text import load_text_corpus
 from genforge.errors import UserError
-from genforge.methods.lm import split_text, val_windows
+from genforge.methods.lm import held_out_text, val_windows
 
 SNIPPET_PROMPT = "def "  # what `genforge eval` asks a Python-code model to continue
 SNIPPET_TOKENS = 512  # tokens generated per snippet: room for a typical function
@@ -76,7 +76,8 @@ def text_metrics(model, data_dir=None, max_windows: int | None = None, batch_siz
     """Validation loss, perplexity and bits per character/byte of a loaded text model (`genforge.load(run)`),
     and for a model of Python source also `python_parse_rate` over `n_snippets` (default 50) snippets.
 
-    Uses the run's own held-out text (the last `val_fraction` of its corpus, re-read from `data_dir`),
+    Uses the run's own held-out text (the last `val_fraction` of its corpus, re-read from `data_dir`; a music
+    run's held-out tunes),
     its tokenizer, and every non-overlapping window of `block_size` tokens (or `max_windows` of them, evenly
     strided across the split, as the in-training estimate takes them). Bits per unit divide the summed
     negative log-likelihood (in bits) by the characters (char tokenizer) or UTF-8 bytes (byte, bpe) the
@@ -88,14 +89,15 @@ def text_metrics(model, data_dir=None, max_windows: int | None = None, batch_siz
 
     data, net, tok = model.meta["data"], model.net, model.tokenizer
     block = model.meta["model"]["block_size"]
-    corpus = load_text_corpus(data["dataset"], data_dir)
-    python = data.get("python_source", corpus.python)
+    python = data.get("python_source")
+    if python is None:  # runs from before the flag: whether the re-read corpus is all .py files
+        python = load_text_corpus(data["dataset"], data_dir).python
     if n_snippets is not None and not python:
         raise UserError(f"--n (n_snippets) sets how many code snippets to parse, but {data['dataset']} is not "
                         "Python source (only .py files are), so no snippets are generated. Fix: drop --n.")
     if n_snippets is not None and n_snippets < 1:
         raise UserError(f"--n (n_snippets) must be at least 1, got {n_snippets}.")
-    _, val_text = split_text(corpus.text, data["val_fraction"])
+    val_text = held_out_text(data, data_dir)
     device = next(net.parameters()).device
     x, y = val_windows(tok.encode_tensor(val_text).to(device), block, max_windows)
     if len(x) == 0:

@@ -196,6 +196,15 @@ def _corpus_texts(d, data_dir) -> tuple[str, str, dict, dict]:
     return train_text, val_text, corpus.report, {"python_source": corpus.python}
 
 
+def held_out_text(data_meta: dict, data_dir=None) -> str:
+    """A run's held-out text, re-read as training read it (`data_meta`: the run's config.json "data"): the test
+    tunes of a music corpus, else the last val_fraction of the corpus."""
+    if data_meta.get("music"):
+        corpus = load_music_corpus(data_meta["dataset"], data_meta["val_fraction"], data_meta.get("tokenizer"))
+        return "".join(p + SEPARATOR for p in corpus.test)
+    return split_text(load_text_corpus(data_meta["dataset"], data_dir).text, data_meta["val_fraction"])[1]
+
+
 class LMMethod(Method):
     family = "lm"
     Config = LMConfig

@@ -2,7 +2,7 @@
 translates results (or `UserError`s) back. Every refusal is a 4xx in OpenAI's error shape naming the field
 and the limit; nothing a client sends should produce a 5xx.
 
-The /v1 routes live per API area in `routes/` (completions, images, audio, videos), sharing `common.py`'s
+The /v1 routes live per API area in `routes/` (completions, images, audio, videos, music), sharing `common.py`'s
 settings, errors, auth and batching (and `jobs.py`'s job queue for videos). This module wires them up with the
 open routes: `/`, `/static/*` (the playground), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
 Every `/v1/*` route needs a key when the server has keys. Nothing here imports torch, so exports are served without it.
@@ -52,8 +52,8 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
     s = settings or ServeSettings()
     unknown = sorted({gen.modality for gen in models.values()} - set(BY_MODALITY))
     if unknown:
-        raise UserError(f"This server cannot serve {', '.join(unknown)} models yet; serve image, text, audio or video "
-                        "models.")
+        raise UserError(f"This server cannot serve {', '.join(unknown)} models yet; serve image, text, audio, video "
+                        "or music models.")
     metrics = Metrics()
     if not s.mark:
         for gen in models.values():
@@ -82,8 +82,9 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="genforge", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API for genforge models: /v1/models, /v1/completions, "
-                              "/v1/images/generations, /v1/audio/speech, /v1/videos. Send `Authorization: Bearer KEY` "
-                              "when the server has keys.")
+                              "/v1/images/generations, /v1/audio/speech, /v1/videos, and genforge's /v1/music/render "
+                              "(a tune's text to audio, a piano roll or MIDI). Send `Authorization: Bearer KEY` when "
+                              "the server has keys.")
     app.state.settings, app.state.metrics, app.state.batchers, app.state.server = s, metrics, server.batchers, server
 
     # -- errors: OpenAI's shape everywhere -------------------------------------------------------------------

@@ -121,7 +121,7 @@ class Batcher:
             loop.call_soon_threadsafe(p.events.put_nowait, event)
 
         try:
-            if self.model.modality == "text":
+            if self.model.modality in ("text", "music"):  # a music model is a text model: its rows are text jobs
                 jobs = [job for p in batch for job in p.jobs]
                 spans, start = [], 0
                 for p in batch:

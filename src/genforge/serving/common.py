@@ -22,7 +22,7 @@ from genforge.serving.metrics import Metrics
 
 # the route that serves each modality (named in the 400 for a model sent to another modality's route)
 ROUTES = {"text": "/v1/completions", "image": "/v1/images/generations", "audio": "/v1/audio/speech",
-          "video": "/v1/videos"}
+          "video": "/v1/videos", "music": "/v1/completions (and /v1/music/render to hear it)"}
 
 
 @dataclass
@@ -53,6 +53,10 @@ class ServeSettings:
     video_expiry_s: float = 3600.0
     video_timeout_s: float = 600.0
     max_video_kept: int = 256
+    # /v1/music/render: characters of text, seconds of music (at the tune's tempo), renders waiting before 429
+    max_render_chars: int = 32_768
+    max_render_seconds: float = 300.0
+    max_render_queue: int = 16
     api_keys: list[str] = field(default_factory=list)
     mark: bool = True  # the keyed marks, when a key is set ($GENFORGE_MARK_KEY_FILE / $GENFORGE_MARK_KEY)
     sign_cert: str | None = None  # PEM chain and key for a C2PA manifest in every image, audio and video file
@@ -173,7 +177,8 @@ class Server:
 
     def new_batchers(self) -> dict[str, Batcher]:
         s = self.settings
-        return {name: Batcher(name, gen, s.max_batch, s.max_wait_ms / 1000, s.max_queue, self.metrics)
+        return {name: Batcher(name, gen, s.max_batch, s.max_wait_ms / 1000,
+                              s.max_queue, self.metrics)
                 for name, gen in self.models.items() if gen.modality != "video"}  # video: jobs, not batches
 
     async def require_key(self, request: Request) -> None:
@@ -188,10 +193,11 @@ class Server:
                            "not_found_error", "model", "model_not_found")
         return self.models[name]
 
-    def model_of(self, name: str, modality: str):
-        """The model `name`, which must be of `modality` (else a 400 naming the route that serves it)."""
+    def model_of(self, name: str, modality: str, *others: str):
+        """The model `name`, which must be of `modality` or one of `others` (else a 400 naming the route that
+        serves it)."""
         gen = self.model(name)
-        if gen.modality != modality:
+        if gen.modality not in (modality, *others):
             article = "an" if gen.modality[0] in "aeiou" else "a"
             raise ApiError(400, f"'{name}' is {article} {gen.modality} model; use "
                            f"{ROUTES.get(gen.modality, '/v1/models to see what it serves')}.", param="model",

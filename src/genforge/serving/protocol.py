@@ -40,12 +40,16 @@ class ModelLimits(BaseModel):
     max_seconds: float | None = Field(None, description="Video models: max_frames at the model's fps.")
     max_queued_jobs: int | None = Field(None, description="Video models: jobs waiting to run before 429.")
     expiry_s: float | None = Field(None, description="Video models: how long a finished job and its files are kept.")
+    max_render_chars: int | None = Field(None, description="Music models: the most characters of text one "
+                                         "/v1/music/render request may send.")
+    max_render_seconds: float | None = Field(None, description="Music models: the longest music /v1/music/render "
+                                             "renders, in seconds at the tune's tempo.")
 
 
 class ModelInfo(BaseModel):
     """genforge's extension to a model entry: what the playground and clients need to build a request."""
 
-    modality: Literal["image", "text", "audio", "video"]
+    modality: Literal["image", "text", "audio", "video", "music"]
     family: str
     classes: list[str] = []
     conditional: bool = False
@@ -57,7 +61,12 @@ class ModelInfo(BaseModel):
     voices: list[str] = Field([], description="Audio models: what a speech request may name as `voice` ('default': "
                                               "the model's choice, drawn from the seed when it has speakers).")
     sample_rate: int | None = Field(None, description="Audio models: samples per second of every clip (and of pcm).")
-    response_formats: list[str] = Field([], description="Audio models: the encodings /v1/audio/speech writes.")
+    response_formats: list[str] = Field([], description="Audio models: the encodings /v1/audio/speech writes; "
+                                                          "music models: the formats /v1/music/render writes.")
+    music_kind: Literal["abc", "events"] | None = Field(
+        None, description="Music models: the text they write, ABC tunes or note events (one bar a line); "
+                          "/v1/music/render reads it.")
+    max_tokens_default: int | None = Field(None, description="Music models: enough new tokens for a whole piece.")
     options: dict[str, dict] = {}
     limits: ModelLimits
 
@@ -92,7 +101,8 @@ class CompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, description="Extension: keep the k most likely tokens.")
     n: int = Field(1, ge=1, description="Choices per prompt, at most the server's limit.")
-    stop: str | list[str] | None = Field(None, description="Up to the server's number of stop strings.")
+    stop: str | list[str] | None = Field(None, description="Up to the server's number of stop strings. Music "
+                                         "models: absent means a blank line, the end of a piece.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="The same seed gives the same text.")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -105,7 +115,8 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float = Field(0.0, description="Only 0 is supported.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent.")
     mark: bool = Field(True, description="Extension: the keyed text mark, when the server has a mark key; false "
-                                         "leaves it out of this request's text.")
+                                         "leaves it out of this request's text. Never applied to music models (it "
+                                         "would change the music).")
 
 
 class CompletionChoice(BaseModel):
@@ -258,6 +269,30 @@ class VideoDeleted(BaseModel):
     id: str
     object: Literal["video.deleted"] = "video.deleted"
     deleted: bool = True
+
+
+MUSIC_MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "png": "image/png", "mid": "audio/midi",
+              "musicxml": "application/vnd.recordare.musicxml+xml", "abc": "text/vnd.abc"}
+
+
+class MusicRenderRequest(BaseModel):
+    """genforge's extension: POST /v1/music/render turns a tune's text (what /v1/completions wrote for a music
+    model, or any ABC tune / event text) into a file to hear or see."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description="ABC (one or more tunes, each starting X:) or note-event text (pieces "
+                                       "separated by a blank line); at most max_render_chars characters.")
+    kind: Literal["abc", "events"] | None = Field(None, description="What the text is; default: the model's kind "
+                                                  "when `model` is given, else abc.")
+    format: Literal["wav", "flac", "mp3", "png", "mid", "musicxml", "abc"] = Field(
+        "wav", description="wav/flac/mp3: audio rendered with a General MIDI soundfont (22050 Hz mono); png: a piano "
+                           "roll; mid: MIDI; musicxml: notation; abc: the tune's text (ABC only).")
+    model: str | None = Field(None, description="A music model of this server: its provenance record goes into the "
+                                                "file (none without it).")
+    tune: int = Field(1, ge=1, description="Which tune (ABC) or piece (events) of the text, from 1.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="The seed that made the text, for the record "
+                                                                  "(only with `model`).")
 
 
 class Health(BaseModel):

@@ -1,6 +1,13 @@
 """POST /v1/completions: OpenAI's text completions, whole or as server-sent events. Every row of a request is a
 `TextJob` made by the model's own `jobs(...)` (torch's generator or the runtime's, whichever is served); the
-model's batcher decodes rows of many requests together."""
+model's batcher decodes rows of many requests together.
+
+Music models are text models (their text is ABC or note events) and are served here too, with three differences
+that keep the music what the model learnt: each prompt goes through the model's `piece_prompt` (ABC header fields
+in any order, "M:6/8\nK:D", become the tune start "X:1\nM:6/8\nL:1/8\nK:D\n"; `echo` returns that normalised
+prompt and its continuation, i.e. the whole tune); `stop` defaults to a blank line, the end of a piece; and the
+text mark is never applied (biasing tokens would change the music). /v1/music/render turns the text into audio,
+a piano roll, MIDI or MusicXML."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from genforge.errors import UserError
+from genforge.music.compose import PIECE_END
 from genforge.serving import protocol as p
 from genforge.serving.batching import Pending
 from genforge.serving.common import (
@@ -37,17 +45,28 @@ def router(server: Server) -> APIRouter:
 
     @api.post("/v1/completions", response_model=p.CompletionResponse, tags=["generation"],
               summary="Continue a prompt (OpenAI completions; stream=true for server-sent events)",
+              description="Text and music models. For a music model the prompt is put in the model's normal form "
+                          "(ABC header fields such as 'M:6/8\\nK:D' become 'X:1\\nM:6/8\\nL:1/8\\nK:D\\n'; echo "
+                          "returns it with the continuation: the whole tune), `stop` defaults to a blank line (the "
+                          "end of a tune), and the text mark is never applied (it would change the music).",
               responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
               dependencies=[Depends(server.require_key)])
     async def completions(req: p.CompletionRequest, request: Request):
-        gen = server.model_of(req.model, "text")
+        gen = server.model_of(req.model, "text", "music")
+        music = gen.modality == "music"
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        if music:  # the tune start the model learnt, checked as sent and as the model reads it
+            check(req, prompts, gen, s)
+            prompts = [gen.piece_prompt(prompt) for prompt in prompts]
         check(req, prompts, gen, s)
         seed = req.seed if req.seed is not None else random_seed()
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if music and req.stop is None:
+            stop = [PIECE_END]  # a blank line ends a piece
         pending = Pending(jobs=[], rows=len(prompts) * req.n, key="text")
         pending.jobs = gen.jobs([prompt for prompt in prompts for _ in range(req.n)], req.max_tokens, req.temperature,
-                                req.top_k, None if req.top_p >= 1.0 else req.top_p, seed, stop, mark=req.mark)
+                                req.top_k, None if req.top_p >= 1.0 else req.top_p, seed, stop,
+                                mark=req.mark and not music)
         for job in pending.jobs:
             job.cancelled = lambda: pending.cancelled
         deadline = server.deadline()

@@ -104,8 +104,8 @@ function seconds(started) {
 
 function describe(model) {
   const info = model.genforge || {};
-  const parts = [info.modality, info.family, info.image_size, info.sample_rate && `${info.sample_rate} Hz`,
-                 info.frames && `${info.frames} frames at ${info.fps} fps`];
+  const parts = [info.modality, info.family, info.music_kind, info.image_size,
+                 info.sample_rate && `${info.sample_rate} Hz`, info.frames && `${info.frames} frames at ${info.fps} fps`];
   if (info.conditional && info.classes && info.classes.length) parts.push(`${info.classes.length} classes`);
   const voices = (info.voices || []).filter((v) => v !== "default");
   if (voices.length) parts.push(`${voices.length} voice${voices.length === 1 ? "" : "s"}`);
@@ -153,12 +153,13 @@ function renderModel() {
   const info = (model && model.genforge) || {};
   const limits = info.limits || {};
   const isImage = info.modality === "image", isText = info.modality === "text", isAudio = info.modality === "audio";
-  const isVideo = info.modality === "video";
-  const known = isImage || isText || isAudio || isVideo;
+  const isVideo = info.modality === "video", isMusic = info.modality === "music";
+  const known = isImage || isText || isAudio || isVideo || isMusic;
   show($("image-fields"), isImage);
   show($("text-fields"), isText);
   show($("audio-fields"), isAudio);
   show($("video-fields"), isVideo);
+  show($("music-fields"), isMusic);
   $("model-info").textContent = !model ? ""
     : known ? describe(model) : `${describe(model)}: this playground cannot drive this kind of model yet.`;
   $("generate").disabled = !known || controller !== null;
@@ -178,6 +179,8 @@ function renderModel() {
     renderSpeechFields(info, limits);
   } else if (isVideo) {
     renderVideoFields(info, limits);  // video.js
+  } else if (isMusic) {
+    renderMusicFields(info, limits);  // music.js
   }
 }
 
@@ -381,7 +384,7 @@ async function generate(event) {
   showError(null);
   const started = performance.now();
   const [target, run] = {text: [$("output"), generateText], audio: [$("speech"), generateSpeech],
-                         video: [$("video"), generateVideo]}[modality]
+                         video: [$("video"), generateVideo], music: [$("music"), generateMusic]}[modality]
     || [$("images"), generateImages];
   try {
     await run(model, controller.signal, started);
@@ -419,7 +422,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("model").addEventListener("change", renderModel);
   $("form").addEventListener("submit", generate);
   $("stop-button").addEventListener("click", () => controller && controller.abort());
-  for (const id of ["prompt", "speech-input"]) {
+  for (const id of ["prompt", "speech-input", "music-prompt"]) {
     $(id).addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
     });
