@@ -168,3 +168,25 @@ def test_music_data_errors_name_the_fix(tmp_path):
     with pytest.raises(UserError, match="not a music dataset"):
         train(validate(raw), tmp_path / "r", progress=False)
     assert set(ABC_COLLECTIONS) >= {"essenFolksong", "oneills1850"}
+
+
+def test_genforge_eval_scores_a_music_run(tmp_path):
+    from genforge.evaluation import evaluate_run
+    from genforge.training import apply_overrides, read_raw, train, validate
+
+    folder = tmp_path / "tunes"
+    folder.mkdir()
+    (folder / "oneill.abc").write_text("\n".join(oneill_tunes(60)), encoding="utf-8")
+    raw = apply_overrides(read_raw("folk-abc-gpt"), [
+        f"data.dataset=folder:{folder}", "data.val_fraction=0.2", "model.n_layer=1", "model.n_embd=32",
+        "model.n_head=2", "model.block_size=32", "train.budget_minutes=null", "train.max_steps=30",
+        "train.batch_size=8", "train.eval_every=null", "train.checkpoint_every=30", "train.sample_every=1000",
+        "train.mixed_precision=no", "train.lr=3e-3"])
+    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+    report = evaluate_run(run, n=6, seed=0, write=True)
+    m = report["metrics"]
+    assert 2.0 < m["bits_per_char"] < 7.0  # a 30-step model: far from good, far from uniform over ~80 symbols
+    assert m["pieces"] == 6 and 0.0 <= m["validity"] <= 1.0 and 0.0 <= m["complete"] <= 1.0
+    compose = report["details"]["compose"]
+    assert compose["drawn"] == 6 and compose["invalid"] == round(6 * (1 - m["validity"]))
+    assert (run / "eval.json").is_file() and report["details"]["licences"]

@@ -4,6 +4,8 @@
   and when the family has a likelihood (a VAE), the held-out NLL, ELBO and reconstruction error too
   (likelihood.py);
 - text models: held-out loss, perplexity, bits per unit, Python parse rate (text.py);
+- music models (`modality == "music"`): the text scores on the held-out pieces, and composed pieces' validity,
+  musical statistics against the real floor and memorization (music_eval.py, music_metrics.py);
 - audio models (`modality == "audio"`): generated clips through the spoken-digit evaluator, with the same
   numbers for real test clips as the floor (audio_metrics.py).
 - video models (`modality == "video"`, Moving MNIST): generated clips through a frame CNN genforge trains on
@@ -63,6 +65,15 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "bits_per_char": ("held-out bits per character", "lower"),
     "bits_per_byte": ("held-out bits per UTF-8 byte", "lower"),
     "python_parse_rate": ("share of generated Python snippets that parse", "higher"),
+    "bits_per_event": ("held-out bits per note-event word (music as events)", "lower"),
+    "validity": ("music: share of composed pieces that end, parse and whose bars fit the metre", "higher"),
+    "validity_real_test": ("music: the same share for real held-out pieces (the ceiling a model can meet)", "higher"),
+    "complete": ("music: share of composed pieces that ended within the token limit", "higher"),
+    "overlap_mean": ("music: mean MGEval overlap area of 6 musical statistics with the held-out pieces", "higher"),
+    "overlap_floor_mean": ("music: the same for real training pieces (the floor a model is measured against)", "higher"),
+    "overlap_vs_floor": ("music: overlap_mean / overlap_floor_mean (1 = as close as real music)", "higher"),
+    "copied_phrases": ("music: share of composed pieces with a 16-note run copied from training (any key)", "lower"),
+    "copied_phrases_real_test": ("music: the same share for real held-out pieces (folk tunes share phrases)", "-"),
     "frame_fd": ("Fréchet distance of frame features to real test clips' frames (Moving MNIST; not FVD)", "lower"),
     "clip_fd": ("Fréchet distance of clip features (frame features' mean, std, mean step; standardised)", "lower"),
     "identity_consistency": ("share of a clip's frames showing its majority digit(s), mean over clips", "higher"),
@@ -212,6 +223,10 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
                               sample_options or {})
         if report is None:  # a helper process under `accelerate launch`
             return None
+    elif getattr(model, "modality", None) == "music":  # before the text branch: a music model is a text one too
+        from genforge.evaluation.music_eval import music_run_report
+
+        report = music_run_report(model, data_dir, n, seed, progress)
     elif isinstance(model, TextGenerator):
         report = _text_report(model, data_dir, n, seed)
     else:

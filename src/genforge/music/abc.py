@@ -25,6 +25,7 @@ from .notes import MusicError, Score, score_from_stream
 HEADER_ORDER = ("R", "M", "L", "K")  # after X:1; K: is always the last header line in ABC
 _FIELD = re.compile(r"^([A-Za-z]):\s*(.*?)\s*$")
 _TUNE_START = re.compile(r"^X:", re.M)
+_DOUBLE_REPEAT = re.compile(r"(?<![|:])::(?![|:])")  # ABC's shorthand for :|:
 
 
 def split_tunes(text: str) -> list[str]:
@@ -143,6 +144,8 @@ def parse_abc(tune: str):
         from music21 import converter
     except ImportError as e:  # pragma: no cover - the extra is missing
         raise MusicError("Reading ABC needs music21. Fix: pip install 'genforge[music]'.") from e
+    head, sep, body = tune.partition("\nK:")
+    tune = head + sep + _DOUBLE_REPEAT.sub(":|:", body)  # music21 10 drops the note before `::`; same music
     try:
         s = converter.parseData(tune, format="abc")
     except Exception as e:  # music21 raises many kinds on malformed ABC
@@ -161,51 +164,3 @@ def abc_score(tune: str) -> Score:
     except Exception as e:
         raise MusicError(f"could not be read as notes ({type(e).__name__}: {str(e)[:120]})") from None
 
-
-def abc_bars(tune: str) -> list[tuple[float, float | None]]:
-    """The bars as written: [(length in quarter notes, the metre's full bar or None in free metre)], from the bar
-    lines of the text (music21's measures may be re-barred by the metre, hiding a bar that is too long).
-    Grace notes take no time; tuplets scale their notes; an inline M: changes the metre from the next bar."""
-    try:
-        from music21.abcFormat import ABCHandler
-    except ImportError as e:  # pragma: no cover
-        raise MusicError("Reading ABC needs music21. Fix: pip install 'genforge[music]'.") from e
-    handler = ABCHandler()
-    try:
-        handler.process(tune)
-    except Exception as e:
-        raise MusicError(f"does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
-    full: float | None = None
-    bars: list[tuple[float, float | None]] = []
-    current, in_grace = 0.0, False
-    for tok in handler.tokens:
-        name = type(tok).__name__
-        if name == "ABCMetadata" and tok.src[:2] == "M:":
-            full = _bar_quarters(tok.src[2:])
-        elif name == "ABCGraceStart":
-            in_grace = True
-        elif name == "ABCGraceStop":
-            in_grace = False
-        elif name in ("ABCNote", "ABCChord") and not in_grace and not getattr(tok, "inGrace", False):
-            ql = float(getattr(tok, "quarterLength", 0.0) or 0.0)
-            tup = getattr(tok, "activeTuplet", None)
-            if tup is not None:
-                ql *= float(tup.tupletMultiplier())
-            current += ql
-        elif name == "ABCBar":
-            if current > 1e-9:
-                bars.append((current, full))
-            current = 0.0
-    if current > 1e-9:
-        bars.append((current, full))
-    return bars
-
-
-def _bar_quarters(metre: str) -> float | None:
-    m = metre.strip()
-    if m in ("C", "C|"):
-        return 4.0
-    try:
-        return float(sum(Fraction(part) for part in m.split()[0].split("+"))) * 4.0 if "/" in m else None
-    except (ValueError, ZeroDivisionError):
-        return None
