@@ -227,6 +227,16 @@ def text_exported(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def music_exported(tmp_path_factory):
+    """A tiny ABC model whose tunes are valid (test_music_presets.py) and its export."""
+    from test_music_presets import train_simple_run
+
+    base = tmp_path_factory.mktemp("music-export")
+    run = train_simple_run(base)
+    return run, export(run, base / "music-export")
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("past", [0, 1, 5])
 def test_gpt_graph_with_past_matches_the_full_forward(text_exported, batch, past):
@@ -311,15 +321,17 @@ def test_cli_exports_and_samples_an_export(exported, tmp_path):
     assert r.exit_code == 2 and "export" in r.output
 
 
-def test_a_fresh_environment_without_torch_generates_from_an_export(exported, text_exported, tmp_path):
+def test_a_fresh_environment_without_torch_generates_from_an_export(exported, text_exported, music_exported,
+                                                                   tmp_path):
     """The runtime's claim, tested: genforge installed without its torch dependencies, plus numpy, Pillow,
     onnxruntime, tokenizers and the CLI's typer and rich only, samples every exported family from Python and
-    the CLI."""
+    the CLI; with the music extra's packages too, it composes tunes and renders them to audio."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "tokenizers", "typer", "rich"], check=True, timeout=600)
+    subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "tokenizers", "typer", "rich", "music21", "mido",
+                    "symusic>=0.5.9,<0.6", "pretty_midi", "soundfile"], check=True, timeout=900)
     subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=600)
     exports = {name: str(out) for name, (_, out) in exported.items()}
     script = f"""
@@ -332,6 +344,14 @@ for name, path in json.loads({json.dumps(json.dumps(exports))}).items():
 for name, path in json.loads({json.dumps(json.dumps({k: str(v[1]) for k, v in text_exported.items()}))}).items():
     text = rt.load(path).generate("ROMEO:", max_new_tokens=20, temperature=0)
     assert isinstance(text, str) and len(text) > 0, (name, text)
+music = rt.load({json.dumps(str(music_exported[1]))})
+pieces, counts = music.compose("M:6/8\\nK:D", n=2, max_new_tokens=120, temperature=0.5, seed=0, keep_invalid=True)
+assert len(pieces) == 2 and all(p.text.startswith("X:1\\nM:6/8\\nL:1/8\\nK:D\\n") for p in pieces), pieces
+from genforge.media.music import write_music
+valid = [p for p in pieces if p.valid]
+assert valid, counts
+paths = write_music([(valid[0].text, None)], "tunes/", ("abc", "wav"), music.record(0))
+assert sorted(p.suffix for p in paths) == [".abc", ".wav"]
 print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelerate")))
 """
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -345,3 +365,6 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accel
                         "--max-new-tokens", "20", "--temperature", "0"], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env=clean_env)
     assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stdout + r.stderr
+    r = subprocess.run([str(env_dir / "bin" / "genforge"), "render", "tunes/tune-000.abc", "--out", "tune.wav"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
+    assert r.returncode == 0 and (tmp_path / "tune.wav").stat().st_size > 10_000, r.stdout + r.stderr

@@ -190,3 +190,10 @@ def test_genforge_eval_scores_a_music_run(tmp_path):
     compose = report["details"]["compose"]
     assert compose["drawn"] == 6 and compose["invalid"] == round(6 * (1 - m["validity"]))
     assert (run / "eval.json").is_file() and report["details"]["licences"]
+
+
+def test_a_text_holding_two_tunes_is_not_one_valid_tune():
+    from genforge.music.validity import validity
+
+    v = validity("X:1\nM:6/8\nL:1/8\nK:D\n|D3 A3|F3 D3|]\nX:2\nM:6/8\nK:D\n|D3 A3|", "abc")
+    assert not v["parses"] and "more than one tune" in v["reason"]

@@ -150,6 +150,8 @@ def parse_abc(tune: str):
         s = converter.parseData(tune, format="abc")
     except Exception as e:  # music21 raises many kinds on malformed ABC
         raise MusicError(f"does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
+    if type(s).__name__ == "Opus":  # a second X: line inside the text: not one tune
+        raise MusicError("holds more than one tune (a second X: line)")
     if not len(s.flatten().notes):
         raise MusicError("holds no notes")
     return s
