@@ -148,7 +148,9 @@ def test_the_probe_leaves_the_run_unchanged(tmp_path, monkeypatch, two_candidate
 
     monkeypatch.setattr(training_loop, "training_precision", probe_then_fp32)
     b = train(config(mixed_precision="auto", max_steps=3), tmp_path / "b", progress=False)
-    assert seen and seen[0].source == "measured" and set(seen[0].seconds_per_step) == {"no", "bf16"}
+    # both candidates ran (bf16 measured, or on a loaded box dropped after its first step looked hopeless)
+    assert seen and seen[0].source == "measured" and (set(seen[0].seconds_per_step) == {"no", "bf16"}
+                                                      or any("bf16 dropped" in n for n in seen[0].notes))
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a.run_dir / "model.safetensors")), load_file(str(b.run_dir / "model.safetensors"))
