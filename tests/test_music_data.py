@@ -197,3 +197,13 @@ def test_a_text_holding_two_tunes_is_not_one_valid_tune():
 
     v = validity("X:1\nM:6/8\nL:1/8\nK:D\n|D3 A3|F3 D3|]\nX:2\nM:6/8\nK:D\n|D3 A3|", "abc")
     assert not v["parses"] and "more than one tune" in v["reason"]
+
+
+def test_data_info_shows_a_music_corpus_split_and_licences():
+    from typer.testing import CliRunner
+
+    from genforge.cli import app
+
+    r = CliRunner().invoke(app, ["data", "info", "folk-abc:miscFolk"])
+    assert r.exit_code == 0, r.output
+    assert "tunes" in r.output and "characters" in r.output and "licence" in r.output and "Campin" in r.output

@@ -82,7 +82,7 @@ def presets():
 @data_app.command("info")
 @user_errors
 def data_info(
-    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, fsdd (spoken digits), moving-mnist (clips) or folder:PATH"),
+    name: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar10-jpeg, mnist-mini, fsdd (spoken digits), moving-mnist (clips), folk-abc or bach-chorales (music), or folder:PATH"),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
@@ -95,7 +95,9 @@ def data_info(
         return
     out.print(f"[bold]{info.get('name', name)}[/]  {info.get('path', '')}")
     for split, s in (info.get("splits") or {}).items():
-        if "seconds" in s:  # audio
+        if "characters" in s:  # music
+            out.print(f"  {split}: {s['count']:,} {s['unit']}, {s['characters']:,} characters")
+        elif "seconds" in s:  # audio
             rates = ", ".join(f"{r} Hz" for r in (s.get("sample_rates") or {}))
             out.print(f"  {split}: {s.get('count')} clips, {s['seconds']:.0f} s ({rates})")
         else:

@@ -117,6 +117,10 @@ def dataset_info(name: str, data_dir: str | Path | None = None) -> dict:
 
     if is_video_dataset(name):
         return video_dataset_info(name, data_dir)
+    from .music import MUSIC_DATASETS, music_dataset_info
+
+    if name.strip() in MUSIC_DATASETS or name.strip().startswith("folk-abc:"):
+        return music_dataset_info(name)
     kind, key = parse_name(name)
     if kind == "folder":
         try:

@@ -273,3 +273,14 @@ def _event_documents(files: list[Path], report: dict) -> list[tuple[str, str]]:
             continue
         report["kept"] += 1
     return out
+
+
+def music_dataset_info(name: str, val_fraction: float = 0.1) -> dict:
+    """`genforge data info folk-abc`: pieces and characters per split, the cleaning report and the licences."""
+    corpus = load_music_corpus(name, val_fraction)
+    unit = "tunes" if corpus.kind == "abc" else "pieces"
+    splits = {split: {"count": len(pieces), "unit": unit, "characters": sum(map(len, pieces))}
+              for split, pieces in (("train", corpus.train), ("test", corpus.test))}
+    return {"name": name, "path": f"music21's corpus ({_music21_root()})", "splits": splits,
+            "report": corpus.report, "license": "; ".join(f"{k}: {v}" for k, v in corpus.licences.items()),
+            "kind": corpus.kind, "split": f"by tune, {val_fraction:g} held out (a hash of each tune's text)"}
