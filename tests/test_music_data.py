@@ -207,3 +207,36 @@ def test_data_info_shows_a_music_corpus_split_and_licences():
     r = CliRunner().invoke(app, ["data", "info", "folk-abc:miscFolk"])
     assert r.exit_code == 0, r.output
     assert "tunes" in r.output and "characters" in r.output and "licence" in r.output and "Campin" in r.output
+
+
+class ScriptedEvents(Composer):
+    """An event model whose first two words after a blank line are scripted (a bar as often as a header), then
+    a fixed one-bar piece in 4/4."""
+
+    def __init__(self, openings: list[str]):
+        self.meta, self.openings, self.calls = {"data": {"music": {"kind": "events"}}}, list(openings), []
+
+    def jobs(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, mark=True):
+        from genforge.text_jobs import TextJob
+        self.calls.append((list(prompts), max_new_tokens))
+        return [TextJob(p, max_new_tokens, temperature, top_k, top_p, stop) for p in prompts]
+
+    def run(self, jobs):
+        if jobs[0].max_new_tokens == 2:  # the header draw
+            yield [self.openings.pop(0) for _ in jobs]
+            return
+        for job in jobs:
+            job.finish_reason = "stop"
+        yield ["Bar Pos_0 V0 P60 D4 Pos_12 V0 P62 D4" for _ in jobs]  # Pos_12: past a 3/4 bar's end
+
+
+def test_an_event_piece_starts_at_a_header_drawn_from_the_model():
+    gen = ScriptedEvents(["Bar Pos_0", "M:3/4 K:1", "V0 P60", "M:4/4 K:-2"] + ["Bar Pos_4"] * 4 + ["M:4/4 K:0"] * 4)
+    pieces, counts = gen.compose(None, n=2, seed=0)
+    # the draws that are not headers are rejected; the 3/4 header fails its 16-sixteenth bar, so it is redrawn
+    assert [p.text for p in pieces] == [f"M:4/4 K:{k}\nBar Pos_0 V0 P60 D4 Pos_12 V0 P62 D4" for k in (-2, 0)]
+    assert counts["drawn"] == 3 and counts["invalid"] == 1
+    assert gen.calls[0] == (["\n\n"] * 8, 2)  # four draws per wanted piece, after the blank line a piece follows
+    given = ScriptedEvents([])
+    pieces, _ = given.compose("M:4/4 K:0", n=1, seed=0)  # a header in the prompt: nothing drawn
+    assert pieces[0].text.startswith("M:4/4 K:0") and len(given.calls) == 1

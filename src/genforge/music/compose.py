@@ -9,12 +9,14 @@ change the music, and a piece's provenance travels in its files instead (media/m
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from genforge.errors import UserError
 
 PIECE_END = "\n\n"  # a blank line ends an ABC tune; the corpora join pieces with one
-DEFAULT_TOKENS = {"abc": 1000, "events": 2500}  # a long reel is ~600 characters, a chorale ~2,000 events
+DEFAULT_TOKENS = {"abc": 1000, "events": 2500}
+_EVENT_HEADER = re.compile(r"^M:\d+/\d+ K:-?\d+$")  # a long reel is ~600 characters, a chorale ~2,000 events
 
 
 @dataclass
@@ -75,11 +77,15 @@ class Composer:
 
     def piece_prompt(self, prompt: str | None) -> str:
         """The prompt in the model's normal form: ABC header fields in any order become the tune start the model
-        learnt (genforge.music.abc.prompt_header); event text is kept as written."""
+        learnt (genforge.music.abc.prompt_header); event text (e.g. a header 'M:3/4 K:1') follows the blank line
+        that precedes every piece in training, so even an empty prompt starts a piece at its header."""
         if self.music_kind == "abc":
             from genforge.music.abc import prompt_header
             return prompt_header(prompt or "")
-        return (prompt or "").replace("\\n", "\n")
+        text = (prompt or "").replace("\\n", "\n").lstrip("\n")
+        if _EVENT_HEADER.match(text.strip()):  # a header alone is a whole line: the piece's bars follow it
+            text = text.strip() + "\n"
+        return PIECE_END + text
 
     def compose(self, prompt: str | None = None, n: int = 1, max_new_tokens: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -99,16 +105,15 @@ class Composer:
             want = n - len(kept)
             if want <= 0:
                 break
-            jobs = self.jobs([start] * want, limit, temperature, top_k, top_p,
-                             None if seed is None else base + attempt, [PIECE_END], mark=False)
-            texts = [""] * want
-            for pieces in self.run(jobs):
-                for i, piece in enumerate(pieces):
-                    if piece:
-                        texts[i] += piece
-            for job, text in zip(jobs, texts):
+            round_seed = None if seed is None else base + attempt
+            starts = [start] * want
+            if kind == "events" and not _EVENT_HEADER.match(start.lstrip("\n")):
+                starts = [start + h + "\n" for h in self._event_headers(start, want, temperature, round_seed)]
+            jobs = self.jobs(starts, limit, temperature, top_k, top_p, round_seed, [PIECE_END], mark=False)
+            texts = _texts(self.run(jobs), want)
+            for job, begin, text in zip(jobs, starts, texts):
                 complete = job.finish_reason == "stop"
-                full = (start + text).strip("\n")
+                full = (begin + text).strip("\n")
                 ok, why = check_piece(full, kind, complete)
                 counts["drawn"] += 1
                 if not ok:
@@ -119,3 +124,29 @@ class Composer:
                     kept.append(Piece(full, kind, ok, why, complete))
         counts["kept"] = len(kept)
         return kept[:n], counts
+
+    def _event_headers(self, start: str, n: int, temperature: float, seed: int | None, rounds: int = 8) -> list[str]:
+        """n header lines ("M:3/4 K:1") drawn from the model after `start`, keeping only draws that are headers:
+        rejection sampling, so each is a draw from the model's distribution given that a piece starts. Needed
+        because a model sees "\n\n" at the very start of its context only rarely in training, and there it
+        writes a bar as often as a header."""
+        out: list[str] = []
+        for r in range(rounds):
+            k = 4 * (n - len(out))
+            jobs = self.jobs([start] * k, 2, temperature, None, None, None if seed is None else seed * 7919 + r,
+                             None, mark=False)
+            out += [t.strip() for t in _texts(self.run(jobs), k) if _EVENT_HEADER.match(t.strip())]
+            if len(out) >= n:
+                return out[:n]
+        raise UserError(f"The model wrote no event header ('M:4/4 K:0') in {rounds * 4 * n} tries. Fix: give one as "
+                        "the prompt, e.g. --prompt 'M:4/4 K:0'.")
+
+
+def _texts(steps, n: int) -> list[str]:
+    """Each job's whole text from a run's per-step pieces."""
+    texts = [""] * n
+    for pieces in steps:
+        for i, piece in enumerate(pieces):
+            if piece:
+                texts[i] += piece
+    return texts

@@ -120,3 +120,12 @@ def validity(text: str, kind: str = "abc") -> dict:
 def is_valid(text: str, kind: str = "abc") -> bool:
     v = validity(text, kind)
     return v["parses"] and v["metre_ok"]
+
+
+def read_score(text: str, kind: str) -> Score:
+    """The notes of a piece's text, ABC or events (MusicError when it is not music)."""
+    if kind == "abc":
+        from .abc import abc_score
+        return abc_score(text)
+    from .events import events_to_score
+    return events_to_score(text)
