@@ -134,19 +134,25 @@ def test_a_piece_gives_its_notes_and_a_music21_stream():
     assert len(p.stream().flatten().notes) == 8
 
 
-def test_the_language_model_trains_on_music_and_composes(tmp_path):
-    import genforge
+def tiny_oneill_run(tmp_path: Path, tunes: int, train_overrides: list[str]) -> Path:
+    """A 1-layer, 32-wide char GPT of the folk-abc-gpt preset on the first O'Neill tunes."""
     from genforge.training import apply_overrides, read_raw, train, validate
 
     folder = tmp_path / "tunes"
     folder.mkdir()
-    (folder / "oneill.abc").write_text("\n".join(oneill_tunes(40)), encoding="utf-8")
+    (folder / "oneill.abc").write_text("\n".join(oneill_tunes(tunes)), encoding="utf-8")
     raw = apply_overrides(read_raw("folk-abc-gpt"), [
         f"data.dataset=folder:{folder}", "data.val_fraction=0.2", "model.n_layer=1", "model.n_embd=32",
-        "model.n_head=2", "model.block_size=32", "train.budget_minutes=null", "train.max_steps=3",
-        "train.batch_size=2", "train.eval_every=3", "train.eval_samples=100", "train.checkpoint_every=3",
-        "train.sample_every=3", "train.mixed_precision=no"])
-    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+        "model.n_head=2", "model.block_size=32", "train.budget_minutes=null", "train.mixed_precision=no",
+        *train_overrides])
+    return train(validate(raw), tmp_path / "run", progress=False).run_dir
+
+
+def test_the_language_model_trains_on_music_and_composes(tmp_path):
+    import genforge
+
+    run = tiny_oneill_run(tmp_path, 40, ["train.max_steps=3", "train.batch_size=2", "train.eval_every=3",
+                                         "train.eval_samples=100", "train.checkpoint_every=3", "train.sample_every=3"])
     meta = json.loads((run / "config.json").read_text())
     music = meta["data"]["music"]
     assert music["kind"] == "abc" and music["licences"] and music["train_pieces"] + music["test_pieces"] > 30
@@ -172,17 +178,9 @@ def test_music_data_errors_name_the_fix(tmp_path):
 
 def test_genforge_eval_scores_a_music_run(tmp_path):
     from genforge.evaluation import evaluate_run
-    from genforge.training import apply_overrides, read_raw, train, validate
 
-    folder = tmp_path / "tunes"
-    folder.mkdir()
-    (folder / "oneill.abc").write_text("\n".join(oneill_tunes(60)), encoding="utf-8")
-    raw = apply_overrides(read_raw("folk-abc-gpt"), [
-        f"data.dataset=folder:{folder}", "data.val_fraction=0.2", "model.n_layer=1", "model.n_embd=32",
-        "model.n_head=2", "model.block_size=32", "train.budget_minutes=null", "train.max_steps=30",
-        "train.batch_size=8", "train.eval_every=null", "train.checkpoint_every=30", "train.sample_every=1000",
-        "train.mixed_precision=no", "train.lr=3e-3"])
-    run = train(validate(raw), tmp_path / "run", progress=False).run_dir
+    run = tiny_oneill_run(tmp_path, 60, ["train.max_steps=30", "train.batch_size=8", "train.eval_every=null",
+                                         "train.checkpoint_every=30", "train.sample_every=1000", "train.lr=3e-3"])
     report = evaluate_run(run, n=6, seed=0, write=True)
     m = report["metrics"]
     assert 2.0 < m["bits_per_char"] < 7.0  # a 30-step model: far from good, far from uniform over ~80 symbols
