@@ -238,3 +238,13 @@ def test_an_event_piece_starts_at_a_header_drawn_from_the_model():
     given = ScriptedEvents([])
     pieces, _ = given.compose("M:4/4 K:0", n=1, seed=0)  # a header in the prompt: nothing drawn
     assert pieces[0].text.startswith("M:4/4 K:0") and len(given.calls) == 1
+
+
+def test_a_letter_that_is_no_note_fails_validity_though_music21_reads_it_as_c():
+    from genforge.music.abc import parse_abc
+    from genforge.music.validity import validity
+
+    tune = "X:1\nM:6/8\nL:1/8\nK:D\n|dAB cAF|GAB r3|"
+    assert str(list(parse_abc(tune).flatten().notes)[-1].pitch) == "C"  # music21: the r is a C, with a warning
+    v = validity(tune, "abc")
+    assert not v["parses"] and "not ABC" in v["reason"] and " r3" in v["reason"]

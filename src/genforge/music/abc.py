@@ -18,6 +18,7 @@ where the model writes one.
 from __future__ import annotations
 
 import re
+import threading
 from fractions import Fraction
 
 from .notes import MusicError, Score, score_from_stream
@@ -25,6 +26,7 @@ from .notes import MusicError, Score, score_from_stream
 HEADER_ORDER = ("R", "M", "L", "K")  # after X:1; K: is always the last header line in ABC
 _FIELD = re.compile(r"^([A-Za-z]):\s*(.*?)\s*$")
 _TUNE_START = re.compile(r"^X:", re.M)
+_PARSE_LOCK = threading.Lock()
 _DOUBLE_REPEAT = re.compile(r"(?<![|:])::(?![|:])")  # ABC's shorthand for :|:
 
 
@@ -138,22 +140,34 @@ def prompt_header(prompt: str) -> str:
     return out
 
 
-def parse_abc(tune: str):
-    """The tune as a music21 Score; MusicError when music21 cannot read it or it holds no notes."""
+def parse_abc(tune: str, strict: bool = False):
+    """The tune as a music21 Score; MusicError when music21 cannot read it or it holds no notes. music21 reads
+    a letter that is no note name as a C with a warning; `strict` (the validity check) refuses such a tune
+    instead. Its warnings are kept off stderr (a server would print one per odd tune)."""
     try:
-        from music21 import converter
+        from music21 import abcFormat, converter
     except ImportError as e:  # pragma: no cover - the extra is missing
         raise MusicError("Reading ABC needs music21. Fix: pip install 'genforge[music]'.") from e
     head, sep, body = tune.partition("\nK:")
     tune = head + sep + _DOUBLE_REPEAT.sub(":|:", body)  # music21 10 drops the note before `::`; same music
-    try:
-        s = converter.parseData(tune, format="abc")
-    except Exception as e:  # music21 raises many kinds on malformed ABC
-        raise MusicError(f"does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
+    warnings: list = []
+    with _PARSE_LOCK:  # the warning hook is module state: one parse at a time swaps it
+        env = abcFormat.environLocal
+        env_warn, env.warn = env.warn, lambda msg, *a, **k: warnings.append(msg)
+        try:
+            s = converter.parseData(tune, format="abc")
+        except Exception as e:  # music21 raises many kinds on malformed ABC
+            raise MusicError(f"does not parse as ABC ({type(e).__name__}: {str(e)[:120]})") from None
+        finally:
+            env.warn = env_warn
     if type(s).__name__ == "Opus":  # a second X: line inside the text: not one tune
         raise MusicError("holds more than one tune (a second X: line)")
     if not len(s.flatten().notes):
         raise MusicError("holds no notes")
+    unknown = [" ".join(map(str, w)) if isinstance(w, (list, tuple)) else str(w) for w in warnings
+               if "pitch information" in str(w)]
+    if strict and unknown:
+        raise MusicError(f"holds a note that is not ABC ({unknown[0].strip()[:80]})")
     return s
 
 

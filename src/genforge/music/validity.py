@@ -81,7 +81,7 @@ def check_piece_text(text: str, kind: str) -> tuple[dict, Score | None]:
         from genforge.music.abc import parse_abc
         head, sep, body = text.partition("\nK:")
         try:
-            stream = parse_abc(head + sep + body)
+            stream = parse_abc(head + sep + body, strict=True)
             score = score_from_stream(stream)
         except MusicError as e:
             return {"parses": False, "metre_ok": False, "reason": str(e)}, None
