@@ -40,5 +40,5 @@ def sample_music(model, n: int | None, out_arg: str | None, prompt: str | None, 
                           max_new_tokens=max_new_tokens, keep_invalid=keep_invalid) if metadata else None
     paths = write_music([(p.text, None) for p in pieces], out_arg, formats, record, soundfont, model.music_kind,
                         signer=signer, mark=model.audio_mark)  # the inaudible mark: in audio files only
-    out.print(f"{out_arg}: {len(pieces)} piece{'s' * (len(pieces) != 1)}, {len(paths)} files "
+    out.print(f"{out_arg}: {len(pieces)} piece{'s' * (len(pieces) != 1)}, {len(paths)} file{'s' * (len(paths) != 1)} "
               f"({', '.join(sorted({p.suffix for p in paths}))})", highlight=False, soft_wrap=True)
