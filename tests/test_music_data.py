@@ -248,3 +248,14 @@ def test_a_letter_that_is_no_note_fails_validity_though_music21_reads_it_as_c():
     assert str(list(parse_abc(tune).flatten().notes)[-1].pitch) == "C"  # music21: the r is a C, with a warning
     v = validity(tune, "abc")
     assert not v["parses"] and "not ABC" in v["reason"] and " r3" in v["reason"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_abc_tokens_round_trip_on_the_training_tunes(kind):
+    from genforge.tokenizers import train_tokenizer
+
+    corpus = load_music_corpus("folk-abc:miscFolk", 0.1)
+    text = "".join(t + "\n\n" for t in corpus.train)
+    tok = train_tokenizer(kind, text, 300 if kind == "bpe" else None)
+    assert all(tok.decode(tok.encode(t)) == t for t in corpus.train)
+    assert tok.decode(tok.encode(text)) == text
