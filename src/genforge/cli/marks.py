@@ -49,13 +49,13 @@ def keygen(
 @app.command()
 @user_errors
 def verify(
-    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a clip (MP4, animated WebP, GIF, APNG), audio (WAV, FLAC, MP3), a text file, or text itself."),
+    target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a clip (MP4, animated WebP, GIF, APNG), audio (WAV, FLAC, MP3), music (MIDI, ABC, MusicXML), a text file, or text itself."),
     key: List[Path] = typer.Option([], "--key", help="Mark key file to test (repeatable; default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
-    """Is this generated, by what, and has it been altered? Reports the provenance metadata (XMP or a text
-    sidecar), the C2PA manifest and whether its signature holds, and the invisible mark under each key (z-score,
+    """Is this generated, by what, and has it been altered? Reports the provenance metadata (XMP, a text
+    sidecar, a MIDI text event or an ABC/MusicXML comment), the C2PA manifest and whether its signature holds, and the invisible mark under each key (z-score,
     p-value, key id).
 
     Exit codes: 0 generated (a layer says so), 1 no provenance found, 3 a C2PA manifest that fails validation
