@@ -27,7 +27,7 @@ from genforge.methods import get_method
 from genforge.training import checkpoint as ckpt
 from genforge.precision import Verdict
 from genforge.training.autoprecision import to_channels_last, training_precision
-from genforge.training.budget import FINAL_RESERVE_S, BudgetPlanner
+from genforge.training.budget import BudgetPlanner
 from genforge.training.config import Config, format_validation_error
 from genforge.training.ema import EMA, recalibrated_copy
 from genforge.training.progress import ProgressReporter, StopOnSignal, say
@@ -241,8 +241,9 @@ def train(cfg: Config, run_dir: str | Path, data_dir: str | Path | None = None, 
     planner = None
     if tcfg.budget_minutes and budget_plan is None:
         planner = BudgetPlanner(tcfg.budget_minutes * 60, t_call, step)
-        # a hard stop too, leaving the final writes their reserve
-        budget_s = min(budget_s or math.inf, tcfg.budget_minutes * 60 - (t_start - t_call) - FINAL_RESERVE_S)
+        # a hard stop too, at the budget itself: the plan (and every cut of it) already leaves the final writes
+        # their reserve and 4% of slack, so this only catches a box that slows down faster than a cut can follow
+        budget_s = min(budget_s or math.inf, tcfg.budget_minutes * 60 - (t_start - t_call))
     last_losses: dict[str, float] = {}
     stopped = None
     for net in method.networks.values():
