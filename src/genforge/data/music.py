@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,15 +184,14 @@ def _cached(key: str, build):
     return value
 
 
-def folk_abc(collections: tuple[str, ...] = ABC_COLLECTIONS, progress: bool = False) -> tuple[list[tuple[str, str]], dict]:
+def folk_abc(collections: tuple[str, ...] = ABC_COLLECTIONS) -> tuple[list[tuple[str, str]], dict]:
     """The cleaned tunes of the named collections, [(collection, tune)], and the cleaning report (cached)."""
     key = f"folk-abc-v{CLEANING_VERSION}-m21-{_music21_version()}-" + hashlib.sha1(
         ",".join(collections).encode()).hexdigest()[:8]
 
     def build():
-        if progress:
-            from genforge.cli.common import say  # only the CLI path asks for progress
-            say(f"Checking that {', '.join(collections)} parse (once; cached afterwards)...")
+        warnings.warn(f"genforge: checking that the tunes of {', '.join(collections)} parse with music21, once per "
+                      "music21 version (minutes for all of folk-abc); the result is cached.", stacklevel=3)
         kept, report = clean_abc_texts(_corpus_abc_files(collections))
         return {"tunes": kept, "report": report}
     value = _cached(key, build)
