@@ -93,23 +93,53 @@ def step_noise(seeds, shape: tuple) -> Callable:
 
 
 def sample(model: Callable, x, schedule: Schedule, sampler: str = "dpmpp2m", steps: int | None = None,
-           eta: float = 0.0, noise: Callable | None = None, callback: Callable | None = None):
+           eta: float = 0.0, noise: Callable | None = None, callback: Callable | None = None,
+           times=None, project: Callable | None = None):
     """Run `sampler` from x (pure noise, the start of sampling) down to t = 0 and return the images.
 
     model(x, t) -> (x0_hat, eps_hat); noise(i) -> a standard normal array shaped like x for step i (needed by
-    stochastic samplers only); callback(i, steps) after each step, for progress bars."""
+    stochastic samplers only); callback(i, steps) after each step, for progress bars.
+    For editing (diffusion/editing.py): `times`, a decreasing grid to walk instead of the schedule's full one
+    (a part of it: from a partly noised image, or one block of a resampling schedule); `project(x, t)`, applied to
+    x after each step that lands at time t (inpainting puts the known pixels back there)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: one of {', '.join(SAMPLERS)}")
     steps = steps or default_steps(sampler, schedule)
     if is_stochastic(sampler, eta) and noise is None:
         raise ValueError(f"sampler {sampler} with eta={eta} draws noise at each step: pass noise=")
-    times = schedule.times(steps)
+    times = schedule.times(steps) if times is None else np.asarray(times, dtype=np.float64)
+    if project is not None:
+        callback = _projecting(project, times, callback)
     if sampler == "ddpm" and schedule.discrete:
         return _ddpm(model, x, schedule, times, noise, callback)
     if sampler == "ddpm":
         sampler, eta = "ddim", 1.0
     step = {"ddim": _ddim, "dpmpp2m": _dpmpp2m, "unipc": _unipc}[sampler]
     return step(model, x, schedule, times, eta, noise, callback)
+
+
+class _Projecting:
+    """A step callback that may replace x: the samplers call `callback(i, n)` after each step, and when it is a
+    _Projecting they take `callback.after(x, i)` as the new x."""
+
+    def __init__(self, project, times, callback):
+        self.project, self.times, self.callback = project, times, callback
+
+    def after(self, x, i):
+        return self.project(x, float(self.times[i]))
+
+    def __call__(self, i, n):
+        if self.callback:
+            self.callback(i, n)
+
+
+def _projecting(project, times, callback):
+    return _Projecting(project, times, callback)
+
+
+def _after(callback, x, i):
+    """x after step i (landing at times[i]) as the caller wants it: projected when editing, else unchanged."""
+    return callback.after(x, i) if isinstance(callback, _Projecting) else x
 
 
 def _ab(schedule: Schedule, t) -> tuple[float, float]:
@@ -130,6 +160,7 @@ def _ddpm(model, x, schedule, times, noise, callback):
         x = c_x0 * x0 + c_x * x
         if s > 0:
             x = x + math.sqrt(beta * (1 - ab[s]) / (1 - ab[t])) * noise(i)
+        x = _after(callback, x, i + 1)
         if callback:
             callback(i + 1, n)
     return x
@@ -149,6 +180,7 @@ def _ddim(model, x, schedule, times, eta, noise, callback):
             x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - c**2)) * eps
             if c > 0:
                 x = x + c * noise(i)
+        x = _after(callback, x, i + 1)
         if callback:
             callback(i + 1, n)
     return x
@@ -172,6 +204,7 @@ def _dpmpp2m(model, x, schedule, times, eta, noise, callback):
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
             x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
             x0_prev, h_prev = x0, h
+        x = _after(callback, x, i + 1)
         if callback:
             callback(i + 1, n)
     return x
@@ -208,6 +241,7 @@ def _unipc(model, x, schedule, times, eta, noise, callback):
                     corr = corr + c_prev * d1
                 x = base - a_s * phi1 * corr
             m_prev, m, h_prev = m, m_new, h
+        x = _after(callback, x, i + 1)
         if callback:
             callback(i + 1, n)
     return x

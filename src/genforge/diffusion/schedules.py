@@ -44,6 +44,10 @@ class Schedule(ABC):
             raise ValueError(f"steps must be at least 1, got {steps}")
         return np.linspace(1.0, 0.0, steps + 1) ** 2
 
+    def times_from(self, start: float, steps: int) -> np.ndarray:
+        """The grid of `times(steps)` squeezed into [0, start]: sampling from a partly noised image (SDEdit)."""
+        return start * Schedule.times(self, steps)
+
     def log_snr(self, t) -> np.ndarray:
         """lambda = log(alpha / sigma): +inf at the clean end, where sigma is 0."""
         a, s = self.alpha_sigma(t)
@@ -82,6 +86,16 @@ class VPSchedule(Schedule):
         if not 1 <= steps <= self.discrete:
             raise ValueError(f"steps must be 1..{self.discrete} for this {self.discrete}-step schedule, got {steps}")
         k = np.rint(super().times(steps) * self.discrete).astype(np.int64)
+        for i in range(steps - 1, -1, -1):
+            k[i] = max(k[i], k[i + 1] + 1)
+        return k / self.discrete
+
+
+    def times_from(self, start, steps):
+        """The quadratic grid on k = K..0 with K = round(start T) (at least 1), each step at least one k lower."""
+        top = max(1, int(round(start * self.discrete)))
+        steps = max(1, min(steps, top))
+        k = np.rint(Schedule.times(self, steps) * top).astype(np.int64)
         for i in range(steps - 1, -1, -1):
             k[i] = max(k[i], k[i + 1] + 1)
         return k / self.discrete

@@ -12,6 +12,7 @@ from genforge import precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.generators.base import WEIGHTS_FILE, _Generator
+from genforge.generators.editing import ImageEditing
 from genforge.labels import label_index, label_indices
 from genforge.methods import DataSpec, get_method
 
@@ -26,8 +27,9 @@ class ImageJob:
     calls: int = 0  # the network's forward passes these images cost, in images (what a server limits)
 
 
-class ImageGenerator(_Generator):
-    """A loaded image model: `generate(n, seed, labels)` -> uint8 (N, H, W, C)."""
+class ImageGenerator(ImageEditing, _Generator):
+    """A loaded image model: `generate(n, seed, labels)` -> uint8 (N, H, W, C); `inpaint`, `vary`, `upscale`
+    (generators/editing.py) for the families that edit."""
 
     PROBE_BATCH = 64
     modality = "image"

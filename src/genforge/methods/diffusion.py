@@ -15,6 +15,7 @@ alone, whatever shares its batch, and a seed gives the same starting noise under
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from genforge.diffusion import SAMPLERS, make_schedule, sample as run_sampler, split_prediction, training_target
+from genforge.diffusion import editing
 from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph, SampleOption
@@ -43,6 +45,9 @@ class DiffusionConfig(MethodConfig):
     dropout: float = Field(0.0, ge=0, lt=1)
     conditional: bool = Field(False, description="class-conditional (with classifier-free guidance)")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as 'no class' (conditional)")
+    upscale_from: int | None = Field(None, ge=2, description="super-resolution: the side of the low-resolution "
+                                     "image the model is conditioned on (e.g. 14 for a 28 px model); training pairs "
+                                     "are the data and its area-averaged downsampling (SR3, Saharia et al. 2021)")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
     # defaults for sampling (each can be changed at sampling time)
     sampler: Literal["ddpm", "ddim", "dpmpp2m", "unipc"] = Field("unipc", description="default sampler")
@@ -76,6 +81,24 @@ class DiffusionMethod(ImageMethod):
             del opts["guidance"]
         return opts
 
+    edit_options = {
+        "inpaint": {
+            "jump": SampleOption(int, 5, 1, 100, "RePaint: sampler steps per block; each block is walked `resample` times"),
+            "resample": SampleOption(int, 2, 1, 20, "RePaint: walks per block (1: no resampling, only the known pixels "
+                                                    "put back after each step); network calls are steps x resample"),
+        },
+        "vary": {"strength": SampleOption(float, 0.6, 0.0, 1.0, "SDEdit: how far the input is noised before sampling "
+                                                                "back, 0 (the input) .. 1 (ignores it)")},
+        "upscale": {},
+    }
+
+    @classmethod
+    def edit_tasks(cls, model_cfg: dict) -> tuple[str, ...]:
+        """A super-resolution model upscales; any other image model inpaints and varies."""
+        if model_cfg.get("upscale_from"):
+            return ("upscale",)
+        return () if model_cfg.get("frames") else ("inpaint", "vary")
+
     # -- data and networks ------------------------------------------------------------------------------------
     @classmethod
     def prepare_data(cls, cfg, data_dir, run_dir, resume, accelerator):
@@ -90,12 +113,19 @@ class DiffusionMethod(ImageMethod):
             raise UserError("model.conditional=true needs a labelled dataset (class sub-folders); this one has no labels.")
         if spec.height != spec.width:
             raise UserError(f"The UNet needs square images, got {spec.height}x{spec.width}; set data.image_size.")
+        if cfg.upscale_from:
+            if spec.height % cfg.upscale_from or spec.height == cfg.upscale_from:
+                raise UserError(f"model.upscale_from={cfg.upscale_from} must divide the image side {spec.height} "
+                                f"(e.g. {spec.height // 2}): low-resolution inputs are area averages of whole blocks.")
+            if spec.frames:
+                raise UserError("model.upscale_from applies to image models, not clips.")
 
     @classmethod
     def build_exported(cls, cfg: DiffusionConfig, spec: DataSpec) -> UNet:
         cls._check(cfg, spec)
         net = UNet(spec.height, spec.channels, cfg.width, tuple(cfg.mults) if cfg.mults else None, cfg.res_blocks,
-                   cfg.attention_below, spec.num_classes if cfg.conditional else 0, cfg.dropout, spec.frames)
+                   cfg.attention_below, spec.num_classes if cfg.conditional else 0, cfg.dropout, spec.frames,
+                   cfg.upscale_from or 0)
         # what sampling needs besides the weights (plain attributes: the config, not the state dict, holds them)
         net.objective, net.schedule_kind, net.timesteps = cfg.objective, cfg.schedule, cfg.timesteps
         net.default_sampler, net.default_steps = cfg.sampler, cfg.steps
@@ -120,8 +150,9 @@ class DiffusionMethod(ImageMethod):
                 drop = (torch.rand(len(x0), generator=rng) < cfg.label_dropout).to(x0.device)
                 labels = torch.where(drop, torch.full_like(y, self.spec.num_classes), y)
             with accelerator.no_sync(net) if i < n_mb - 1 else nullcontext():
+                low = downsample(x0, cfg.upscale_from) if cfg.upscale_from else None
                 with accelerator.autocast():
-                    out = net(x_t, t, labels)
+                    out = net(x_t, t, labels, low) if low is not None else net(x_t, t, labels)
                 loss = F.mse_loss(out.float(), training_target(cfg.objective, x0, eps, a, s))
                 accelerator.backward(loss / n_mb)
             losses.append(loss.detach())
@@ -133,7 +164,11 @@ class DiffusionMethod(ImageMethod):
 
     # -- generation -----------------------------------------------------------------------------------------
     @classmethod
-    def draw(cls, net, spec, n, labels, rng, **options):
+    def draw(cls, net, spec, n, labels, rng, edit: bool = False, **options):
+        if getattr(net, "low_res", 0) and not edit:
+            raise UserError(f"This is a super-resolution model ({net.low_res} -> {net.image_size} px): it upscales "
+                            "images rather than drawing new ones. Use `genforge upscale RUN --in IMAGE --out PATH` "
+                            "(or gen.upscale(images)).")
         steps = options.get("steps") or 0
         if net.objective != "flow" and steps > net.timesteps:  # checked here, when a request is made, not in a batch
             raise UserError(f"steps={steps} is more than the model's {net.timesteps} training steps (T); use 1..{net.timesteps}.")
@@ -145,26 +180,43 @@ class DiffusionMethod(ImageMethod):
 
     @classmethod
     def render(cls, net, drawn, device, sampler: str = "dpmpp2m", steps: int = 0, eta: float = 0.0,
-               guidance: float = 1.0, progress=None, **_):
+               guidance: float = 1.0, progress=None, strength: float = 0.6, jump: int = 5, resample: int = 2, **_):
+        """Images from drawn rows: sampled from noise; or, when the rows carry an edit's inputs, inpainted
+        (`known`, `keep`), varied (`start`) or upscaled (`low`): see diffusion/editing.py."""
         objective = net.objective
         schedule = make_schedule(objective, net.schedule_kind, net.timesteps)
         steps = _steps(net, schedule, sampler, steps)
         x = drawn["x"].to(device)
         labels = drawn["labels"].to(device) if "labels" in drawn and net.num_classes else None
+        low = drawn["low"].to(device).float() if "low" in drawn else None
 
         def model(x, t):
-            out = guided_output(net, x, torch.full((len(x),), float(t), device=device), labels, guidance)
+            out = guided_output(net, x, torch.full((len(x),), float(t), device=device), labels, guidance, low)
             a, s = schedule.alpha_sigma(t)
             return split_prediction(objective, out, x, float(a), float(s))
 
-        noise = _step_noise(drawn["seeds"], tuple(x.shape[1:]), device) if is_stochastic(sampler, eta) else None
+        shape = tuple(x.shape[1:])
+        noise = _step_noise(drawn["seeds"], shape, device) if is_stochastic(sampler, eta) else None
+        if "keep" in drawn:
+            fresh = editing.known_noise(drawn["seeds"].tolist(), shape)
+            return editing.inpaint(model, x.float(), drawn["known"].to(device).float(), drawn["keep"].to(device).float(),
+                                   schedule, sampler, steps, eta, noise, lambda: torch.from_numpy(fresh()).to(device),
+                                   jump, resample, progress)
+        if "start" in drawn:
+            return editing.vary(model, drawn["start"].to(device).float(), x.float(), strength, schedule, sampler, steps,
+                                eta, noise, progress)
         return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
 
     @classmethod
     def onnx_graphs(cls, net):
-        """The UNet alone (x, t[, labels] -> its output); the sampler loop runs outside it, in the runtime, with
-        the same `diffusion/samplers.py` as here."""
+        """The UNet alone (x, t[, labels][, low] -> its output); the sampler loop runs outside it, in the runtime,
+        with the same `diffusion/samplers.py` as here."""
         inputs = {"x": torch.zeros(2, *_sample_shape(net, None)), "t": torch.full((2,), 0.5)}
+        if net.low_res:  # super-resolution: the low-resolution image is an input; the graph upsamples it
+            inputs["low"] = torch.zeros(2, net.channels, net.low_res, net.low_res)
+            if net.num_classes:
+                inputs["labels"] = torch.zeros(2, dtype=torch.long)
+            return {"unet": OnnxGraph(_WithLow(net), inputs, ["out"])}
         dynamic = None
         if net.frames:  # a clip's length is free too
             dynamic = {"x": {0: "batch", 1: "frames"}, "t": {0: "batch"}, "labels": {0: "batch"}}
@@ -179,15 +231,46 @@ class DiffusionMethod(ImageMethod):
     def runtime_config(cls, net):
         return {"objective": net.objective, "schedule": net.schedule_kind, "timesteps": net.timesteps,
                 "default_sampler": net.default_sampler, "default_steps": net.default_steps,
-                "num_classes": net.num_classes, "frames": net.frames}
+                "num_classes": net.num_classes, "frames": net.frames, "low_res": net.low_res}
 
     @classmethod
     def network_calls(cls, net, n: int, labels=None, sampler: str = "dpmpp2m", steps: int = 0,
-                      guidance: float = 1.0, **_) -> int:
-        """n x the sampler's steps, twice that when guidance mixes two predictions per step."""
-        steps = _steps(net, make_schedule(net.objective, net.schedule_kind, net.timesteps), sampler, steps)
+                      guidance: float = 1.0, task: str | None = None, strength: float = 0.6, resample: int = 2,
+                      **_) -> int:
+        """n x the sampler's steps (an inpainting's times resample, a variation's part of them), twice that when
+        guidance mixes two predictions per step."""
+        schedule = make_schedule(net.objective, net.schedule_kind, net.timesteps)
+        steps = _steps(net, schedule, sampler, steps)
+        if task == "inpaint":
+            steps = editing.inpaint_calls(steps, resample)
+        elif task == "vary":
+            steps = editing.vary_calls(schedule, strength, steps)
         guided = bool(net.num_classes) and guidance not in (0.0, 1.0)
         return n * steps * (2 if guided else 1)
+
+    @classmethod
+    def write_samples(cls, net, data, path, seed, accelerator):
+        """A super-resolution model's grid: 8 training images' low-resolution versions upscaled bicubically (top
+        row), by the model (middle) and the originals (bottom); other models draw from noise (ImageMethod)."""
+        if not getattr(net, "low_res", 0):
+            return super().write_samples(net, data, path, seed, accelerator)
+        from genforge.data import from_model_range, to_model_range
+        from genforge.visual import save_grid
+
+        real = to_model_range(data.images[:8]).float()
+        low = downsample(real, net.low_res)
+        rng = torch.Generator().manual_seed(seed)
+        drawn = {**cls.draw(net, data.spec, len(real), None, rng, edit=True), "low": low.cpu()}
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), accelerator.autocast():
+            up = cls.render(net, drawn, accelerator.device).float()
+        net.train(was_training)
+        bicubic = F.interpolate(low, size=real.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+        rows = torch.cat([bicubic, up.to(real.device), real])
+        out = Path(path).with_suffix(".png")
+        save_grid(from_model_range(rows).cpu().numpy(), out, len(real), scale=2)
+        return out
 
     @classmethod
     def latents(cls, net, n, rng, device, **options) -> torch.Tensor:
@@ -212,6 +295,17 @@ class _Unconditional(torch.nn.Module):
         return self.net(x, t, None)
 
 
+class _WithLow(torch.nn.Module):
+    """A super-resolution UNet as an ONNX graph: (x, t, low[, labels])."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, low, labels=None):
+        return self.net(x, t, labels, low)
+
+
 def _sample_shape(net, frames: int | None) -> tuple[int, ...]:
     """One sample's shape: (C, H, W), or (T, C, H, W) for a clip of `frames` (default: the trained length)."""
     image = (net.channels, net.image_size, net.image_size)
@@ -228,6 +322,13 @@ def _step_noise(seeds: torch.Tensor, shape: tuple, device):
     return lambda i: torch.from_numpy(noise(i)).to(device)
 
 
+def downsample(x: torch.Tensor, side: int) -> torch.Tensor:
+    """A super-resolution model's low-resolution input: area averages of whole blocks, rounded to the 256 levels
+    an 8-bit file holds (what `upscale` is given), in the model range [-1, 1]."""
+    low = F.avg_pool2d(x.float(), x.shape[-1] // side)
+    return torch.round((low.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
 def noised(schedule, x0: torch.Tensor, rng: torch.Generator):
     """A training example: times t (N,) from the schedule, noise eps, x_t = alpha x0 + sigma eps; alpha and sigma
     shaped (N, 1, 1, 1) (N, 1, 1, 1, 1 for clips). All randomness from `rng` (CPU), so a step is a function of its seed."""
@@ -241,13 +342,16 @@ def noised(schedule, x0: torch.Tensor, rng: torch.Generator):
     return a * x0 + s * eps, torch.as_tensor(t, dtype=torch.float32, device=x0.device), eps, a, s
 
 
-def guided_output(net, x, t, labels, guidance: float) -> torch.Tensor:
+def guided_output(net, x, t, labels, guidance: float, low=None) -> torch.Tensor:
     """The network's output, classifier-free guided: uncond + guidance * (cond - uncond). guidance 0 is the
-    unconditional prediction, 1 the conditional one (one network call for either), more pushes past it."""
+    unconditional prediction, 1 the conditional one (one network call for either), more pushes past it.
+    `low`: a super-resolution model's low-resolution images."""
+    extra = () if low is None else (low,)
     if labels is None or guidance == 1.0:
-        return net(x, t, labels).float()
+        return net(x, t, labels, *extra).float()
     null = torch.full_like(labels, net.num_classes)
     if guidance == 0.0:
-        return net(x, t, null).float()
-    cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+        return net(x, t, null, *extra).float()
+    extra = () if low is None else (torch.cat([low, low]),)
+    cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), *extra).float().chunk(2)
     return uncond + guidance * (cond - uncond)

@@ -117,6 +117,15 @@ class ImageMethod(Method):
         """Images (float NCHW in [-1, 1]) from `draw`'s rows (possibly several draws concatenated). Families
         that sample in several network calls (diffusion) also take `progress(done, total)` and call it per call."""
 
+    # Editing (genforge/edits.py): which of inpaint / vary / upscale a run can do, and the options each takes
+    # beyond the family's sampling options. `render` recognises an edit by the rows it adds to `draw`'s
+    # (known and keep, start, low); `draw(..., edit=True)` draws the rest of an edit's randomness.
+    edit_options: dict[str, dict] = {}
+
+    @classmethod
+    def edit_tasks(cls, model_cfg: dict) -> tuple[str, ...]:
+        return ()
+
     @classmethod
     def network_calls(cls, net, n: int, labels=None, **options) -> int:
         """Forward passes of one image's worth of rows that n images cost under `options` (what a server

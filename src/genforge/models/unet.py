@@ -9,6 +9,9 @@ Video (`frames` > 0): x_t is a clip (N, T, C, H, W); the spatial layers run on e
 (models/temporal.py) follows each stage and the middle, mixing frames. Built with frames=0 it is exactly the image
 network, weight for weight.
 
+Super-resolution (`low_res` > 0): the low-resolution image, upsampled bicubically inside the network (so an
+export's graph does it too), enters as extra input channels beside x_t (SR3, Saharia et al. 2021).
+
 Sized from the image: a stage per halving while the side stays even and at least 4 px (28 -> 14 -> 7;
 32 -> 16 -> 8 -> 4; 64 -> ... -> 4 with the stage count capped by `mults`).
 """
@@ -81,9 +84,10 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int = 32, mults: tuple[int, ...] | None = None,
                  res_blocks: int = 1, attention_below: int = 8, num_classes: int = 0, dropout: float = 0.0,
-                 frames: int = 0):
+                 frames: int = 0, low_res: int = 0):
         super().__init__()
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
+        self.low_res = low_res  # super-resolution: the side of the low-resolution image it is conditioned on (0: none)
         self.frames = frames  # the clip length it was trained on (0: an image model); any length runs
         mults = tuple(mults or default_mults(image_size))
         emb = 4 * width
@@ -91,7 +95,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(width, emb), nn.SiLU(), nn.Linear(emb, emb))
         # index num_classes is "no class": what label dropout trains and guidance subtracts
         self.class_emb = nn.Embedding(num_classes + 1, emb) if num_classes else None
-        self.conv_in = nn.Conv2d(channels, width, 3, padding=1)
+        self.conv_in = nn.Conv2d(channels * (2 if low_res else 1), width, 3, padding=1)
 
         self.down, skips, ch, res = nn.ModuleList(), [width], width, image_size
         for i, m in enumerate(mults):
@@ -118,9 +122,15 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                low: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W), or (N, T, C, H, W) for a video model; t (N,) in [0, 1]; labels (N,) class indices
-        (num_classes: none) or None."""
+        (num_classes: none) or None; low (N, C, low_res, low_res): a super-resolution model's low-resolution
+        image, upsampled bicubically here (SR3, Saharia et al. 2021) and concatenated to x as extra channels."""
+        if self.low_res:
+            if low is None:
+                raise ValueError("a super-resolution UNet needs its low-resolution image (low=)")
+            x = torch.cat([x, F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False)], 1)
         emb = self.time_mlp(timestep_embedding(t, self.width))
         if self.class_emb is not None:
             if labels is None:
