@@ -29,6 +29,11 @@ class SampleOption:
             if value not in self.choices:
                 raise UserError(f"{name}={value!r} is not one of: {', '.join(map(str, self.choices))}.")
             return value
+        if self.type is bool and isinstance(value, str):  # a form field or a CLI word
+            words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+            if value.strip().lower() not in words:
+                raise UserError(f"{name} must be true or false, got {value!r}.")
+            return words[value.strip().lower()]
         try:
             value = self.type(value)
         except (TypeError, ValueError):

@@ -10,6 +10,9 @@ number. Neither needs retraining: both only change where sampling starts and wha
   is walked `resample` times, the image re-noised back to the block's start (q(x_t | x_s)) between walks. It
   works with every sampler; a multistep one (dpmpp2m, unipc) restarts its history at each block. The result
   keeps the known pixels exactly (the last step lands at t = 0, where the noised known image is the image).
+- `low_consistent` (super-resolution; the range-null-space split of Wang et al. 2023, DDNM): each step's x0
+  estimate keeps the network's detail but takes its block averages from the low-resolution input, so the output
+  downsampled is the input (up to clipping and rounding). Without it, sampling is SR3's plain conditional one.
 - `vary` (Meng et al. 2022, SDEdit): noise the input to t = strength, then sample back to 0 on the part of the
   grid below it (ceil(steps x strength) steps). strength 0 returns the input; strength 1 starts from the pure
   noise `generate` starts from, so the input is ignored.
@@ -104,3 +107,32 @@ def vary(model: Callable, x0, eps, strength: float, schedule: Schedule, sampler:
         a, s = (float(v) for v in schedule.alpha_sigma(times[0]))
         x = a * x0 + s * eps
     return sample(model, x, schedule, sampler, len(times) - 1, eta, noise, callback, times=times)
+
+
+def project_to_low(x0, low):
+    """x0 (N, C, H, W) with each f x f block's mean replaced by the matching pixel of low (N, C, H/f, W/f): the
+    orthogonal projection onto the images whose area-average downsampling is low."""
+    n, c, hh, ww = x0.shape
+    h, w = low.shape[-2:]
+    f = hh // h
+    blocks = x0.reshape(n, c, h, f, w, f)
+    diff = low.reshape(n, c, h, 1, w, 1) - blocks.mean((3, 5)).reshape(n, c, h, 1, w, 1)
+    return (blocks + diff).reshape(n, c, hh, ww)
+
+
+POCS_ROUNDS = 8  # a block whose fill would leave [-1, 1] converges in a few rounds; at most 8 elementwise passes
+
+
+def low_consistent(model: Callable, low, schedule: Schedule) -> Callable:
+    """model(x, t) -> (x0_hat, eps_hat) with x0_hat projected onto the images consistent with `low` that lie in
+    the data range (alternating projections, POCS), and eps_hat recomputed so that the two still give x."""
+    def wrapped(x, t):
+        x0, eps = model(x, t)
+        for _ in range(POCS_ROUNDS):  # alternate projections onto the consistent images and the range [-1, 1]
+            x0 = project_to_low(x0, low).clip(-1.0, 1.0)
+        a, s = (float(v) for v in schedule.alpha_sigma(t))
+        if s > 0:
+            eps = (x - a * x0) * (1.0 / s)
+        return x0, eps
+
+    return wrapped

@@ -99,6 +99,8 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
             if method.modality == "image":
                 h, w, c = model.image_shape
                 config["image"] = {"height": h, "width": w, "channels": c}
+                if modality == "image":  # the edits it can do and their options (genforge/edits.py)
+                    config["edits"] = {task: model.edit_options(task) for task in model.edit_tasks()}
         if modality == "video":  # the clip length trained on (any runs) and the playback rate
             config["video"] = {"frames": model.frames, "fps": model.fps}
         if modality == "audio":  # the codec (spectrogram statistics or mu-law), the voices and the licence

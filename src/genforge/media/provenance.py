@@ -4,7 +4,11 @@ Two layers, each readable without genforge: an XMP packet (IPTC `DigitalSourceTy
 the marking the EU AI Act's Article 50 and the IPTC photo-metadata standard ask for, plus genforge's own fields:
 model, weights hash, version, time, seed, parameters) in every image file, and, when the user gives a
 certificate and key, a signed C2PA manifest (c2pa-python, the `provenance` extra) with the `c2pa.created`
-action and the same source type. XMP survives copying but not stripping; C2PA proves integrity but is dropped by
+action and the same source type. An edit (inpainting, a variation, an upscale: `Record.action` "edited") says so
+instead: IPTC compositeWithTrainedAlgorithmicMedia ("the compositing of trained algorithmic media with some other
+media, such as with inpainting or outpainting operations"), genforge:action and genforge:ingredients (each source
+image's title and SHA-256) in XMP, and in C2PA the `c2pa.opened` action on the source image (a `parentOf`
+ingredient; C2PA requires an edit's first action to be created or opened) followed by `c2pa.edited`. XMP survives copying but not stripping; C2PA proves integrity but is dropped by
 any re-encode; the keyed watermark (watermark.py) is the layer that survives both.
 """
 
@@ -18,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+EDITED_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+SOURCE_TYPES = (SOURCE_TYPE, EDITED_SOURCE_TYPE)  # what `genforge verify` counts as generated
 NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -26,6 +32,7 @@ NS = {
     "genforge": "https://genforge.dev/ns/provenance/1.0/",
 }
 FIELDS = ("model", "model_hash", "family", "version", "created", "seed", "parameters", "filters", "mark")
+EDIT_FIELDS = ("action", "ingredients")  # written only for an edit (a created record leaves them out)
 MAX_XMP = 1 << 20  # a packet larger than this is not ours; not parsed
 
 
@@ -42,12 +49,27 @@ class Record:
     parameters: dict = field(default_factory=dict)
     filters: list = field(default_factory=list)  # output filters applied, each a dict (see filters.py)
     mark: str = ""  # the image or text mark's key id, "" when none was applied
+    action: str = "created"  # "created" (drawn from noise) or "edited" (an edit of the ingredients' images)
+    ingredients: list = field(default_factory=list)  # what an edit started from: {"title", "sha256", "format"} each
+
+    @property
+    def source_type(self) -> str:
+        """The IPTC DigitalSourceType: trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for an edit."""
+        return EDITED_SOURCE_TYPE if self.action == "edited" else SOURCE_TYPE
 
     def as_dict(self) -> dict:
-        return {"digital_source_type": SOURCE_TYPE, **asdict(self)}
+        return {"digital_source_type": self.source_type, **asdict(self)}
 
     def with_(self, **changes) -> "Record":
         return Record(**{**asdict(self), **changes})
+
+    def edited_from(self, source: bytes, title: str = "source", fmt: str = "") -> "Record":
+        """This record as an edit of `source` (an encoded image's bytes): action "edited", the source as an
+        ingredient with its SHA-256."""
+        import hashlib
+
+        ingredient = {"title": title, "sha256": hashlib.sha256(source).hexdigest(), "format": fmt}
+        return self.with_(action="edited", ingredients=[*self.ingredients, ingredient])
 
 
 def xmp_packet(record: Record) -> bytes:
@@ -57,10 +79,10 @@ def xmp_packet(record: Record) -> bytes:
     root = ET.Element(f"{{{NS['x']}}}xmpmeta")
     rdf = ET.SubElement(root, f"{{{NS['rdf']}}}RDF")
     desc = ET.SubElement(rdf, f"{{{NS['rdf']}}}Description", {f"{{{NS['rdf']}}}about": ""})
-    ET.SubElement(desc, f"{{{NS['Iptc4xmpExt']}}}DigitalSourceType").text = SOURCE_TYPE
+    ET.SubElement(desc, f"{{{NS['Iptc4xmpExt']}}}DigitalSourceType").text = record.source_type
     ET.SubElement(desc, f"{{{NS['xmp']}}}CreatorTool").text = f"genforge {record.version}".strip()
     ET.SubElement(desc, f"{{{NS['xmp']}}}CreateDate").text = record.created
-    for name in FIELDS:
+    for name in FIELDS + (EDIT_FIELDS if record.action != "created" or record.ingredients else ()):
         value = getattr(record, name)
         if value in (None, "", [], {}):
             continue
@@ -95,11 +117,11 @@ def parse_xmp(packet: bytes | str | None) -> dict | None:
                 found["digital_source_type"] = source_attr
         elif source.text:
             found["digital_source_type"] = source.text.strip()
-        for name in FIELDS:
+        for name in FIELDS + EDIT_FIELDS:
             node = desc.find(f"{{{NS['genforge']}}}{name}")
             if node is not None and node.text is not None:
                 text = node.text
-                if name in ("parameters", "filters"):
+                if name in ("parameters", "filters", "ingredients"):
                     try:
                         text = json.loads(text)
                     except ValueError:

@@ -89,7 +89,9 @@ class DiffusionMethod(ImageMethod):
         },
         "vary": {"strength": SampleOption(float, 0.6, 0.0, 1.0, "SDEdit: how far the input is noised before sampling "
                                                                 "back, 0 (the input) .. 1 (ignores it)")},
-        "upscale": {},
+        "upscale": {"consistent": SampleOption(bool, True, help="DDNM: take each step's block averages from the "
+                                                               "input, so the output downsampled is the input; false: "
+                                                               "SR3's plain conditional sampling")},
     }
 
     @classmethod
@@ -180,7 +182,8 @@ class DiffusionMethod(ImageMethod):
 
     @classmethod
     def render(cls, net, drawn, device, sampler: str = "dpmpp2m", steps: int = 0, eta: float = 0.0,
-               guidance: float = 1.0, progress=None, strength: float = 0.6, jump: int = 5, resample: int = 2, **_):
+               guidance: float = 1.0, progress=None, strength: float = 0.6, jump: int = 5, resample: int = 2,
+               consistent: bool = True, **_):
         """Images from drawn rows: sampled from noise; or, when the rows carry an edit's inputs, inpainted
         (`known`, `keep`), varied (`start`) or upscaled (`low`): see diffusion/editing.py."""
         objective = net.objective
@@ -195,6 +198,8 @@ class DiffusionMethod(ImageMethod):
             a, s = schedule.alpha_sigma(t)
             return split_prediction(objective, out, x, float(a), float(s))
 
+        if low is not None and consistent:
+            model = editing.low_consistent(model, low, schedule)
         shape = tuple(x.shape[1:])
         noise = _step_noise(drawn["seeds"], shape, device) if is_stochastic(sampler, eta) else None
         if "keep" in drawn:

@@ -217,7 +217,8 @@ class VAEMethod(ImageMethod):
     # draw z (a random digit) and is refilled `iterations` times with decode(encode(x)) of the current image,
     # the known pixels put back each time (iterated conditional modes on the posterior mean, cf. the imputation
     # of Rezende et al. 2014). It converges to the decodable image nearest the known pixels: as blurry as the
-    # VAE's reconstructions, and the different results for one input come from the different starting fills.
+    # VAE's reconstructions, and deterministic but for the starting fill: several results for one input differ only
+    # where different fills settle at different fixed points (often they settle at the same one).
     # Variations: z = sqrt(1 - s) mu(x) + sqrt(s) z_prior, decoded: s = 0 returns the input itself, 1 a prior
     # sample that ignores it.
     edit_options = {

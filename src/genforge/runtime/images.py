@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge import edits
 from genforge.errors import UserError
 from genforge.labels import label_indices
 from genforge.marking import ExportedMarking
@@ -24,7 +25,68 @@ class ImageJob:
     calls: int = 0
 
 
-class ExportedImageModel(ExportedMarking):
+class _Editing:
+    """The edits of an export, as generators/editing.py gives a run's (the options and tasks from its config)."""
+
+    def edit_tasks(self) -> tuple[str, ...]:
+        return tuple(self.config.get("edits") or {})
+
+    @property
+    def low_res(self) -> int:
+        return int(self.config.get("family_config", {}).get("low_res") or 0)
+
+    def edit_options(self, task: str) -> dict[str, dict]:
+        edits.check_task(task, self.edit_tasks(), self.config.get("family", "?"))
+        return dict(self.config["edits"][task])
+
+    def edit_job(self, task: str, images, masks=None, n: int = 1, seed: int | None = None, labels=None, **options):
+        edits.check_task(task, self.edit_tasks(), self.config.get("family", "?"))
+        known = {k: SampleOption.from_description(d) for k, d in self.config["edits"][task].items()}
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise UserError(f"{', '.join(unknown)}: not an option of {task} with this {self.config['family']} model. "
+                            f"Its options: {', '.join(known) or 'none'}.")
+        given = {k: known[k].check(k, v) for k, v in options.items() if v is not None}
+        options = {**{k: given.get(k, o.default) for k, o in known.items()}, "task": task}
+        rows = edits.prepare(task, images, masks, n, self.image_shape, self.low_res)
+        count = len(next(iter(rows.values())))
+        family_options = {k: v for k, v in options.items() if k in self._known}
+        drawn = self.family.draw(count, None, np.random.default_rng(seed), edit=True, **family_options)
+        drawn.update(rows)
+        label_rows = self._edit_labels(labels, count // n, n)
+        if label_rows is not None:
+            drawn["labels"] = label_rows
+        return ImageJob(count, options, drawn, self.family.network_calls(count, **options))
+
+    def _edit_labels(self, labels, inputs: int, n: int):
+        if labels is None:
+            if not self.conditional:
+                return None
+            if self.config.get("family") == "diffusion":  # its "no class" entry: an unconditional edit
+                return np.full(inputs * n, len(self.classes), dtype=np.int64)
+            raise UserError("This class-conditional model needs the image's class to edit it: give labels (--label).")
+        if isinstance(labels, (list, tuple, np.ndarray)) and len(labels) == inputs and n > 1:
+            labels = [lab for lab in labels for _ in range(n)]
+        return self._labels(labels, inputs * n)
+
+    def _edit(self, task, images, masks, n, seed, labels, progress, options) -> np.ndarray:
+        job = self.edit_job(task, images, masks, n, seed, labels, **options)
+        x = self.family.render(job.drawn, progress, **job.options)
+        out, mark = _to_uint8(x), self.image_mark
+        return mark.embed(out) if mark is not None else out
+
+    def inpaint(self, images, masks, n: int = 1, seed: int | None = None, labels=None, progress=None, **options):
+        return self._edit("inpaint", images, masks, n, seed, labels, progress, options)
+
+    def vary(self, images, strength: float | None = None, n: int = 1, seed: int | None = None, labels=None,
+             progress=None, **options):
+        return self._edit("vary", images, None, n, seed, labels, progress, {**options, "strength": strength})
+
+    def upscale(self, images, n: int = 1, seed: int | None = None, labels=None, progress=None, **options):
+        return self._edit("upscale", images, None, n, seed, labels, progress, options)
+
+
+class ExportedImageModel(_Editing, ExportedMarking):
     modality = "image"
 
     def __init__(self, path: Path, config: dict, sessions: dict):
@@ -83,7 +145,11 @@ class ExportedImageModel(ExportedMarking):
         if any(job.options != jobs[0].options for job in jobs):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
         drawn = {k: np.concatenate([job.drawn[k] for job in jobs]) for k in jobs[0].drawn}
-        images = self.render(drawn, **jobs[0].options)
+        if "task" in jobs[0].options:  # edits: their options were checked by edit_job
+            x, mark = _to_uint8(self.family.render(drawn, None, **jobs[0].options)), self.image_mark
+            images = mark.embed(x) if mark is not None else x
+        else:
+            images = self.render(drawn, **jobs[0].options)
         return np.split(images, np.cumsum([job.n for job in jobs])[:-1])
 
     def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, progress=None,
