@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -16,7 +16,7 @@ from genforge.errors import UserError
 @user_errors
 def eval_run(
     run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`."),
-    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), audio clips (300), video clips (256), or snippets of a Python-code text model for python_parse_rate (default 50)."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many samples to generate and score: images (default 10,000), audio clips (300), video clips (256), or snippets of a Python-code text model for python_parse_rate (default 50); with --task, test images to edit (default 1,000)."),
     reference: str = typer.Option("test", help="Real split to compare with: test (held out) or train."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset folder (default: $GENFORGE_DATA, else ~/.cache/genforge/data); evaluators are cached in its evaluators/ folder."),
     seed: int = typer.Option(0, help="Seed for the samples and the metrics' random subsets; the same seed repeats the result."),
@@ -31,8 +31,13 @@ def eval_run(
     eta: Optional[float] = typer.Option(None, help="Diffusion models, ddim: 0 deterministic .. 1 ancestral."),
     guidance: Optional[float] = typer.Option(None, help="Conditional diffusion models: classifier-free guidance scale (0 unconditional, 1 conditional; default: the model's)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    task: Optional[str] = typer.Option(None, "--task", help="Evaluate editing instead of sampling: inpaint (centre square, lower half and stroke masks; beside OpenCV's Telea and a mean fill), vary (at each of --strengths) or upscale (a super-resolution run; beside bicubic and nearest), on --n test images (default 1000). Writes eval-TASK.json."),
+    strengths: str = typer.Option("0.25,0.5,0.75,1", "--strengths", help="--task vary: the strengths to evaluate, comma-separated."),
+    option: List[str] = typer.Option([], "--option", metavar="NAME=VALUE", help="--task: any option of the edit (e.g. jump=10, resample=1, iterations=50, consistent=false); repeatable. --sampler, --steps, --eta, --guidance and --temperature apply too."),
+    true_labels: bool = typer.Option(False, "--true-labels", help="--task, class-conditional runs: give the model each test image's true class (without it a conditional diffusion model edits unconditionally; a conditional VAE needs it)."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="--task: also write a PNG of examples (inpaint: mask, mean fill, Telea, model, truth rows per mask; vary: input and each strength; upscale: input, bicubic, model, truth)."),
 ):
-    """Score a run against real data; writes eval.json.
+    """Score a run against real data; writes eval.json (with --task, eval-TASK.json).
 
     Image runs: FID, KID, IS, precision/recall, memorization ... of generated samples; VAEs also the test
     negative log-likelihood (importance-sampled, nats or bits/dim), the ELBO's terms and reconstruction error. Text runs:
@@ -45,11 +50,25 @@ def eval_run(
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1.")
+    sample_options = {k: v for k, v in {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta,
+                                        "guidance": guidance}.items() if v is not None}
+    edit = None
+    if task is not None:
+        sample_options.update(_named_values(option))
+        try:
+            edit = {"strengths": [float(x) for x in strengths.split(",") if x.strip()], "true_labels": true_labels,
+                    "grid": grid}
+        except ValueError:
+            raise UserError(f"--strengths must be numbers separated by commas, got {strengths!r}.") from None
+    elif option or true_labels or grid is not None:
+        raise UserError("--option, --true-labels and --grid belong to the editing evaluation: add --task.")
     report = evaluate_run(run_dir, n=n, reference=reference, data_dir=data_dir, seed=seed, batch_size=batch_size,
                           inception_weights=inception_weights, select=select, progress=not no_progress,
                           likelihood_k=likelihood_k, likelihood_n=None if likelihood_n == 0 else likelihood_n,
-                          sample_options={k: v for k, v in {"temperature": temperature, "sampler": sampler, "steps": steps,
-                                                            "eta": eta, "guidance": guidance}.items() if v is not None})
+                          sample_options=sample_options, task=task, edit=edit)
+    if task is not None:
+        _print_edit_report(run_dir, report)
+        return
     if report is None:  # a helper process under `accelerate launch`: rank 0 scores and prints
         leave_distributed()
         return
@@ -73,6 +92,54 @@ def eval_run(
         out.print(f"motion: {motion}", highlight=False, soft_wrap=True)
     out.print(f"wrote {Path(run_dir) / EVAL_FILE} ({report['seconds']['total']:.1f} s)", highlight=False, soft_wrap=True)
     leave_distributed()
+
+
+def _named_values(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE words -> {name: value} (the edit checks and converts each value)."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--option takes NAME=VALUE (e.g. jump=10), got {pair!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _print_edit_report(run_dir: Path, report: dict) -> None:
+    """One table per setting (a mask, the upscaling), methods as rows; vary: one table, strengths as rows."""
+    from genforge.evaluation.editing import EDIT_METRIC_INFO, report_file
+
+    task = report["task"]
+    out.print(f"[bold]{run_dir}[/] ({report['model']['weights']}): {report['summary']}", highlight=False, soft_wrap=True)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    arrow = {"higher": "↑", "lower": "↓"}
+    short = {"psnr_masked": "m.psnr", "ssim_masked": "m.ssim", "consistency_psnr": "consistency", "accuracy": "acc"}
+
+    def table(title: str, first: str, rows: list[tuple[str, dict]]) -> None:
+        names = [m for m in EDIT_METRIC_INFO if any(m in r for _, r in rows)]
+        heads = [short.get(m, m) + ("" if task == "vary" and m.startswith(("psnr", "ssim"))
+                                     else arrow[EDIT_METRIC_INFO[m][1]]) for m in names]
+        t = Table(first, *heads, box=None)
+        for label, r in rows:
+            t.add_row(label, *(fmt(r.get(m)) for m in names))
+        out.print(title, highlight=False, soft_wrap=True)
+        out.print(t)
+
+    real = ("real (input)" if task == "vary" else "real", report["real"])
+    if task == "vary":
+        table("variations: psnr and ssim to the input; acc: the class kept", "strength",
+              [(s.split("=", 1)[1], r["model"]) for s, r in report["results"].items()] + [real])
+    else:
+        for setting, methods in report["results"].items():
+            extra = report["details"].get("masks", {}).get(setting)
+            title = (f"[bold]{setting}[/] mask, {extra['mean_fraction']:.0%} of the pixels (m.: over the masked pixels)"
+                     if extra else f"[bold]{setting}[/] (consistency: output downsampled vs input, dB)")
+            table(title, "method", [*methods.items(), real])
+    if "grid" in report:
+        out.print(f"wrote {report['grid']['path']} (rows: {', '.join(report['grid']['rows'])})", highlight=False,
+                  soft_wrap=True)
+    out.print(f"wrote {Path(run_dir) / report_file(task)} ({report['seconds']['total']:.1f} s)", highlight=False,
+              soft_wrap=True)
 
 
 @evaluator_app.command("train")

@@ -11,6 +11,8 @@
 - video models (`modality == "video"`, Moving MNIST): generated clips through a frame CNN genforge trains on
   Moving MNIST (Fréchet distances per frame and per clip, identity, labels, motion physics; not FVD), with the
   same numbers for real test clips as the floor (video_metrics.py).
+- with a task (`--task inpaint|vary|upscale`): how well an image run edits held-out test images, beside classical
+  baselines (editing.py, edit_metrics.py); written to RUN_DIR/eval-<task>.json.
 
 Everything lands in RUN_DIR/eval.json with the same top-level keys (metrics, details, seconds, ...).
 """
@@ -181,7 +183,8 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
                  seed: int = 0, batch_size: int = 500, k: int = 5, device: str | torch.device | None = None,
                  inception_weights: str | Path | None = None, evaluator_root: str | Path | None = None,
                  select: str | None = None, progress: bool = False, write: bool = True,
-                 likelihood_k: int = 100, likelihood_n: int | None = 1000, sample_options: dict | None = None) -> dict:
+                 likelihood_k: int = 100, likelihood_n: int | None = 1000, sample_options: dict | None = None,
+                 task: str | None = None, edit: dict | None = None) -> dict:
     """Evaluate a run directory and write `eval.json` there; returns the report.
 
     Image runs: n samples (default 10,000, seeded) against real data; the evaluator for the run's dataset is
@@ -197,8 +200,21 @@ def evaluate_run(run_dir: str | Path, n: int | None = None, reference: str = "te
     Under `accelerate launch` the image samples are split over the processes (the same images as one process
     makes); the main process scores them and returns the report, the others return None.
     select: "best", "last" or None, as for `genforge.load` (None: the best in-training weights when kept).
+    task: "inpaint", "vary" or "upscale": how well the run edits n test images (default 1000) beside classical
+    baselines instead (editing.py; `sample_options` are then the edit's options, `edit` the rest of
+    `evaluate_edits`' arguments: strengths, true_labels, grid); writes RUN_DIR/eval-<task>.json.
     """
     from genforge.artifacts import TextGenerator, load
+
+    if task is not None:
+        from genforge.evaluation.editing import evaluate_edits
+
+        if inception_weights is not None:
+            raise UserError("--inception-weights is for sample evaluation; the editing evaluation (--task) uses the "
+                            "dataset's evaluator.")
+        return evaluate_edits(run_dir, task, n=n, data_dir=data_dir, seed=seed, batch_size=batch_size, device=device,
+                              select=select, evaluator_root=evaluator_root, options=sample_options, reference=reference,
+                              progress=progress, write=write, **(edit or {}))
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)

@@ -35,6 +35,10 @@ class ImageEditing:
         edits.check_task(task, self.edit_tasks(), self.meta.get("family", "?"))
         return {name: o.describe() for name, o in self._edit_known(task).items()}
 
+    def checked_edit_options(self, task: str, options: dict) -> dict:
+        """`options` checked against edit `task`'s, the run's defaults filled in, and "task" added."""
+        return self._edit_checked(task, options)
+
     def _edit_checked(self, task: str, options: dict) -> dict:
         known = self._edit_known(task)
         unknown = [k for k in options if k not in known]

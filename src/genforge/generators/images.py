@@ -146,14 +146,15 @@ class ImageGenerator(ImageEditing, _Generator):
         return ImageJob(n, options, drawn, self.method.network_calls(self.net, n, **options))
 
     @torch.no_grad()
-    def run(self, jobs: list[ImageJob]) -> list[np.ndarray]:
+    def run(self, jobs: list[ImageJob], progress=None) -> list[np.ndarray]:
         """Render several jobs (with equal options) in one forward pass: each job's images are those
-        `generate` gives for the same n, seed, labels and options, whatever shares the batch."""
+        `generate` gives for the same n, seed, labels and options, whatever shares the batch.
+        `progress(done, total)` after each network call of a multi-step sampler."""
         if not jobs:
             return []
         if any(job.options != jobs[0].options for job in jobs):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
-        return self._render([job.drawn for job in jobs], jobs[0].options)
+        return self._render([job.drawn for job in jobs], jobs[0].options, progress)
 
     def _marked(self, images: np.ndarray) -> np.ndarray:
         mark = self.image_mark
