@@ -2,9 +2,9 @@
 translates results (or `UserError`s) back. Every refusal is a 4xx in OpenAI's error shape naming the field
 and the limit; nothing a client sends should produce a 5xx.
 
-The /v1 routes live per API area in `routes/` (completions, images, audio, videos, music), sharing `common.py`'s
-settings, errors, auth and batching (and `jobs.py`'s job queue for videos). This module wires them up with the
-open routes: `/`, `/static/*` (the playground), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+The /v1 routes live per API area in `routes/` (completions, images, image edits, audio, videos, music), sharing
+`common.py`'s settings, errors, auth and batching (and `jobs.py`'s job queue for videos). This module wires them up
+with the open routes: `/`, `/static/*` (the playground), `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
 Every `/v1/*` route needs a key when the server has keys. Nothing here imports torch, so exports are served without it.
 """
 
@@ -34,7 +34,7 @@ from genforge.serving.common import (
     error_response,
 )
 from genforge.serving.metrics import Metrics
-from genforge.serving.routes import BY_MODALITY
+from genforge.serving.routes import BY_MODALITY, edits
 
 STATIC = resources.files("genforge.serving") / "static"
 
@@ -82,7 +82,8 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="genforge", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API for genforge models: /v1/models, /v1/completions, "
-                              "/v1/images/generations, /v1/audio/speech, /v1/videos, and genforge's /v1/music/render "
+                              "/v1/images/generations, /v1/images/edits, /v1/images/variations, /v1/audio/speech, "
+                              "/v1/videos, and genforge's /v1/music/render "
                               "(a tune's text to audio, a piano roll or MIDI). Send `Authorization: Bearer KEY` when "
                               "the server has keys.")
     app.state.settings, app.state.metrics, app.state.batchers, app.state.server = s, metrics, server.batchers, server
@@ -155,6 +156,7 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
 
     for area in BY_MODALITY.values():
         app.include_router(area.router(server))
+    app.include_router(edits.router(server))  # /v1/images/edits and /variations
 
     _accurate_openapi(app)
     app.add_middleware(Observe, metrics=metrics)

@@ -68,6 +68,9 @@ class ModelInfo(BaseModel):
                           "/v1/music/render reads it.")
     max_tokens_default: int | None = Field(None, description="Music models: enough new tokens for a whole piece.")
     options: dict[str, dict] = {}
+    edits: dict[str, dict[str, dict]] = Field({}, description="Image models: the edits they do, each with its options "
+                                              "as `options` lists them: inpaint and upscale through "
+                                              "/v1/images/edits, vary through /v1/images/variations.")
     limits: ModelLimits
 
 
@@ -173,6 +176,20 @@ class ImageData(BaseModel):
 class ImageResponse(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     data: list[ImageData]
+
+
+MaskKind = Literal["alpha", "white"]
+ResponseFormat = Literal["b64_json", "url"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+class ImageEditResponse(ImageResponse):
+    """/v1/images/edits and /v1/images/variations: OpenAI's image response, with genforge's extensions."""
+
+    task: Literal["inpaint", "vary", "upscale"] = Field(..., description="Extension: the edit made.")
+    seed: int = Field(..., description="Extension: the seed used (drawn when the request named none).")
+    notices: list[str] = Field([], description="Extension: conversions made to fit the model (size, colour mode, "
+                                               "a full-size image area-downsampled for upscaling).")
 
 
 class VoiceRef(BaseModel):

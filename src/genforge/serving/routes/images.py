@@ -13,12 +13,14 @@ from genforge.media import encode
 from genforge.serving import protocol as p
 from genforge.serving.batching import Pending
 from genforge.serving.common import ERRORS, ApiError, Server, ServeSettings
+from genforge.serving.routes.edits import describe_edits
 
 
 def describe(gen, s: ServeSettings) -> p.ModelInfo:
     h, w, c = gen.image_shape
     return p.ModelInfo(modality="image", family=gen.meta.get("family", "?"), classes=list(gen.classes),
                        conditional=gen.conditional, image_size=f"{w}x{h}", channels=c, options=gen.options(),
+                       edits=describe_edits(gen),
                        limits=p.ModelLimits(max_n=min(s.max_images, s.max_batch), max_rows=s.max_batch,
                                             max_image_calls=s.max_image_calls))
 

@@ -33,9 +33,9 @@ function headers() {
 async function request(path, body, signal) {
   let resp;
   try {
-    resp = await fetch(path, body === undefined
-      ? {headers: headers(), signal}
-      : {method: "POST", headers: {...headers(), "Content-Type": "application/json"}, body: JSON.stringify(body), signal});
+    resp = await fetch(path, body === undefined ? {headers: headers(), signal}
+      : body instanceof FormData ? {method: "POST", headers: headers(), body, signal}  // multipart (edits)
+        : {method: "POST", headers: {...headers(), "Content-Type": "application/json"}, body: JSON.stringify(body), signal});
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new Error(`Could not reach the server (${err.message}).`);
@@ -182,6 +182,7 @@ function renderModel() {
   } else if (isMusic) {
     renderMusicFields(info, limits);  // music.js
   }
+  renderEditFields(isImage ? info : null, limits);  // edit.js: the edit panel of image models that edit
 }
 
 // The speech form from the model's entry: its voices ("default" first: the model's choice), the formats the
@@ -385,7 +386,7 @@ async function generate(event) {
   const started = performance.now();
   const [target, run] = {text: [$("output"), generateText], audio: [$("speech"), generateSpeech],
                          video: [$("video"), generateVideo], music: [$("music"), generateMusic]}[modality]
-    || [$("images"), generateImages];
+    || (editTask() ? [$("edit-results"), generateEdit] : [$("images"), generateImages]);  // edit.js
   try {
     await run(model, controller.signal, started);
   } catch (err) {
