@@ -20,7 +20,7 @@ from genforge.media.audio import audio_format, decode_audio
 from genforge.media.audio_mark import AudioMark
 from genforge.media.images import decode
 from genforge.media.music import MUSIC_SUFFIXES, music_format, music_provenance
-from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp
+from genforge.media.provenance import SOURCE_TYPES, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
 from genforge.media.video import clip_format, clip_layout, decode_clip, detect_clip_mark
 from genforge.media.video_containers import mp4_xmp
@@ -43,19 +43,32 @@ class Report:
     def verdict(self) -> int:
         if self.c2pa is not None and self.c2pa.get("state") == "Invalid":
             return TAMPERED
-        if self.metadata and self.metadata.get("digital_source_type") == SOURCE_TYPE:
+        if self.metadata and self.metadata.get("digital_source_type") in SOURCE_TYPES:
             return GENERATED
-        if self.c2pa is not None and self.c2pa.get("source_type") == SOURCE_TYPE:
+        if self.c2pa is not None and self.c2pa.get("source_type") in SOURCE_TYPES:
             return GENERATED
         if any(m.get("detected") for m in self.marks):
             return GENERATED
         return NOT_FOUND
 
+    @property
+    def edit_of(self) -> list[dict]:
+        """What an edit started from ({title, sha256} each), as the signed manifest (else the metadata) says; [] for
+        a file that was generated from scratch or says nothing."""
+        c2pa = self.c2pa or {}
+        if c2pa.get("action") == "edited" and c2pa.get("ingredients"):
+            return [{"title": i.get("title"), "sha256": i.get("sha256")} for i in c2pa["ingredients"]]
+        meta = self.metadata or {}
+        if meta.get("action") == "edited" and isinstance(meta.get("ingredients"), list):
+            return [{"title": i.get("title"), "sha256": i.get("sha256")} for i in meta["ingredients"]
+                    if isinstance(i, dict)]
+        return []
+
     def as_dict(self) -> dict:
         names = {GENERATED: "generated", NOT_FOUND: "no provenance found", TAMPERED: "tampered"}
         return {"source": self.source, "kind": self.kind, "verdict": names[self.verdict], "exit_code": self.verdict,
                 "metadata": self.metadata, "c2pa": self.c2pa, "c2pa_note": self.c2pa_note or None,
-                "marks": self.marks, "notes": self.notes}
+                "edit_of": self.edit_of, "marks": self.marks, "notes": self.notes}
 
 
 def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) -> Report:

@@ -6,6 +6,7 @@ from __future__ import annotations
 # importing the command modules registers their commands on `app`
 from genforge.cli import training  # noqa: F401,I001  (train, tune)
 from genforge.cli import sampling  # noqa: F401  (sample, reconstruct)
+from genforge.cli import editing  # noqa: F401  (edit, vary, upscale)
 from genforge.cli import speech  # noqa: F401  (speak)
 from genforge.cli import music  # noqa: F401  (render)
 from genforge.cli import evaluate  # noqa: F401  (eval, evaluator train)

@@ -85,10 +85,14 @@ def verify(
     if c2:
         extra = [f for f in c2["failures"] if f != "signingCredential.untrusted"]
         trust = " (certificate not in a trust list)" if "signingCredential.untrusted" in c2["failures"] else ""
-        out.print(f"  C2PA: {c2['state']}{trust}; created as {str(c2['source_type']).rsplit('/', 1)[-1]}"
+        out.print(f"  C2PA: {c2['state']}{trust}; {c2.get('action') or 'created'} as "
+                  f"{str(c2['source_type']).rsplit('/', 1)[-1]}"
                   + (f"; failures: {', '.join(extra)}" if extra else ""), highlight=False, soft_wrap=True)
     else:
         out.print(f"  C2PA: {data['c2pa_note'] or 'none'}", highlight=False, soft_wrap=True)
+    for source in data["edit_of"]:
+        out.print(f"  an edit of: {source.get('title') or '?'} (SHA-256 {source.get('sha256') or 'not recorded'})",
+                  highlight=False, soft_wrap=True)
     for m in data["marks"]:
         if "tiles" in m:
             out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'} in "

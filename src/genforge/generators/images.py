@@ -46,11 +46,18 @@ class ImageGenerator(ImageEditing, _Generator):
         self._use_precision(precision)
 
     def _generation_steps(self, names):
+        low = self.low_res
+
         def step_in(dtype):
             def step():
                 rng = torch.Generator().manual_seed(0)
                 with torch.no_grad(), self._autocast(dtype):
-                    self.method.sample(self.net, self.spec, self.PROBE_BATCH, None, rng, self.device)
+                    if low:  # a super-resolution model's unit of work: upscaling a batch
+                        drawn = self.method.draw(self.net, self.spec, self.PROBE_BATCH, None, rng, edit=True)
+                        drawn["low"] = torch.zeros(self.PROBE_BATCH, self.spec.channels, low, low)
+                        self.method.render(self.net, drawn, self.device)
+                    else:
+                        self.method.sample(self.net, self.spec, self.PROBE_BATCH, None, rng, self.device)
             return step
 
         return {name: step_in(prec.autocast_dtype(name)) for name in names}

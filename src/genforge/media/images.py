@@ -30,11 +30,12 @@ def to_pil(image: np.ndarray) -> Image.Image:
 
 
 def encode(image: np.ndarray, fmt: str = "PNG", record: Record | None = None, signer: Signer | None = None,
-           quality: int | None = None, text: dict[str, str] | None = None) -> bytes:
+           quality: int | None = None, text: dict[str, str] | None = None, sources: list[bytes] | None = None) -> bytes:
     """One uint8 (H, W, C) image as PNG, JPEG or WebP bytes with `record` as XMP (PNG iTXt XML:com.adobe.xmp,
     JPEG APP1, WebP XMP chunk), then signed with C2PA when `signer` is given. JPEG and WebP at `quality`
     (WebP lossless at 100); by default JPEG 100 and lossless WebP, what the keyed image mark survives best
-    (benchmarks/RESULTS.md). `text`: extra PNG tEXt chunks."""
+    (benchmarks/RESULTS.md). `text`: extra PNG tEXt chunks. `sources`: an edit's source files (one per
+    `record.ingredients`), embedded as the C2PA manifest's ingredients when signing."""
     fmt = fmt.upper().replace("JPG", "JPEG")
     if fmt not in MIME:
         raise ValueError(f"image format {fmt!r}: use png, jpeg or webp")
@@ -57,7 +58,7 @@ def encode(image: np.ndarray, fmt: str = "PNG", record: Record | None = None, si
         pil.save(buf, format=fmt, **options, **({"xmp": xmp} if xmp is not None else {}))
     data = buf.getvalue()
     if signer is not None and record is not None:
-        data = c2pa_sign(data, MIME[fmt], record, signer)
+        data = c2pa_sign(data, MIME[fmt], record, signer, sources)
     return data
 
 
@@ -101,7 +102,7 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.n
 
 
 def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 1,
-              record: Record | None = None, signer: Signer | None = None) -> Path:
+              record: Record | None = None, signer: Signer | None = None, sources: list[bytes] | None = None) -> Path:
     """A grid of uint8 (N, H, W, C) images as one PNG, JPEG or WebP (by `path`'s suffix); `scale` enlarges small
     images for viewing (nearest neighbour)."""
     path = Path(path)
@@ -114,15 +115,17 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, sca
         cols = nrow or max(1, math.ceil(math.sqrt(n)))
         record = record.with_(parameters={**record.parameters, "grid": {"images": n, "columns": cols, "tile": [h, w],
                                                                         "pad": 2, "scale": scale}})
-    _write(path, encode(grid, fmt, record, signer))
+    _write(path, encode(grid, fmt, record, signer, sources=sources))
     return path
 
 
 def write_images(images: np.ndarray, out: str, record: Record | None = None, nrow: int | None = None,
-                 signer: Signer | None = None, fmt: str = "png", quality: int | None = None) -> str:
-    """Write generated images where `out` says: x.png / x.jpg / x.webp: one grid; x.npy: the uint8 array
-    (N, H, W, C), no metadata (a pipeline's intermediate, not a media file); a folder (existing, or ending in
-    /): one file each in `fmt`, each with its own record (its seed is the batch seed + its index).
+                 signer: Signer | None = None, fmt: str = "png", quality: int | None = None,
+                 sources: list[bytes] | None = None) -> str:
+    """Write generated images where `out` says: x.png / x.jpg / x.webp: one grid (a single image: itself, no
+    border); x.npy: the uint8 array (N, H, W, C), no metadata (a pipeline's intermediate, not a media file); a
+    folder (existing, or ending in /): one file each in `fmt`, each with its own record (its seed is the batch
+    seed + its index). `sources`: an edit's source files, C2PA ingredients of every file signed.
     Returns what was written, for the user."""
     path = Path(out)
     as_dir = out.endswith(("/", "\\")) or path.is_dir()
@@ -136,7 +139,7 @@ def write_images(images: np.ndarray, out: str, record: Record | None = None, nro
             rec = None
             if record is not None:
                 rec = record.with_(parameters={**record.parameters, "index": i})
-            _write(path / f"{i:05d}.{suffix}", encode(img, fmt, rec, signer, quality))
+            _write(path / f"{i:05d}.{suffix}", encode(img, fmt, rec, signer, quality, sources=sources))
         return f"wrote {len(images)} {suffix.upper()}s to {path}"
     if path.suffix.lower() == ".npy":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +147,11 @@ def write_images(images: np.ndarray, out: str, record: Record | None = None, nro
         return f"wrote {path} {images.shape} uint8"
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"--out must end in .png, .jpg or .webp (a grid), .npy (array) or / (a folder); got '{out}'.")
-    save_grid(images, path, nrow, record=record, signer=signer)
+    if len(images) == 1:
+        _write(path, encode(images[0], FORMATS[path.suffix.lower()], record, signer, quality, sources=sources))
+        h, w = images.shape[1:3]
+        return f"wrote {path} ({w}x{h})"
+    save_grid(images, path, nrow, record=record, signer=signer, sources=sources)
     return f"wrote {path} ({len(images)} images)"
 
 

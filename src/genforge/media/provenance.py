@@ -157,26 +157,59 @@ def _c2pa():
     return c2pa
 
 
-def manifest(record: Record) -> dict:
-    return {
+def _ingredient(ingredient: dict, i: int) -> dict:
+    """A record's ingredient as a C2PA ingredient definition: the source image, `parentOf` the edit, its SHA-256 in
+    the description (C2PA hashes the ingredient assertion, not the source file; genforge's own assertion has it too)."""
+    out = {"title": ingredient.get("title") or "source", "relationship": "parentOf", "label": f"source-{i}"}
+    if ingredient.get("format"):
+        out["format"] = ingredient["format"]
+    if ingredient.get("sha256"):
+        out["description"] = f"SHA-256 of the source file: {ingredient['sha256']}"
+    return out
+
+
+def manifest(record: Record, with_ingredients: bool = True) -> dict:
+    """The manifest definition: c2pa.created (a generation), or c2pa.opened (the source images, as ingredients) then
+    c2pa.edited (an edit); genforge's record as its own assertion. `with_ingredients`: list the ingredients in the
+    definition (when their files are not at hand to add with `Builder.add_ingredient`)."""
+    if record.action == "edited":
+        ids = [f"source-{i}" for i in range(len(record.ingredients))]
+        actions = ([{"action": "c2pa.opened", "parameters": {"ingredientIds": ids}}] if ids else []) + [
+            {"action": "c2pa.edited", "digitalSourceType": EDITED_SOURCE_TYPE,
+             "softwareAgent": {"name": "genforge", "version": record.version or "unknown"},
+             "description": str(record.parameters.get("task") or "edit")}]
+    else:
+        actions = [{"action": "c2pa.created", "digitalSourceType": SOURCE_TYPE}]
+    out = {
         "claim_generator_info": [{"name": "genforge", "version": record.version or "unknown"}],
         "title": record.model,
         "assertions": [
-            {"label": "c2pa.actions", "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": SOURCE_TYPE}]}},
+            {"label": "c2pa.actions", "data": {"actions": actions}},
             {"label": "org.genforge.generation", "data": record.as_dict()},
         ],
     }
+    if with_ingredients and record.ingredients:
+        out["ingredients"] = [_ingredient(ing, i) for i, ing in enumerate(record.ingredients)]
+    return out
 
 
-def c2pa_sign(data: bytes, mime: str, record: Record, signer: Signer) -> bytes:
+def c2pa_sign(data: bytes, mime: str, record: Record, signer: Signer, sources: list[bytes] | None = None) -> bytes:
     """`data` (an encoded image) with a signed C2PA manifest embedded; no thumbnail (it would outweigh a 28 px
-    image a hundredfold), no timestamp authority (nothing is fetched)."""
+    image a hundredfold), no timestamp authority (nothing is fetched). `sources`: an edit's source files, one per
+    `record.ingredients` entry, added as its ingredients (a source with its own manifest brings it along, so the
+    chain of edits stays verifiable); without them the ingredients are described by title, format and hash only."""
     c2pa = _c2pa()
     info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, signer.cert_chain, signer.private_key, None)
     context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+    if sources is not None and len(sources) != len(record.ingredients):
+        raise ValueError(f"{len(sources)} source files for {len(record.ingredients)} ingredients in the record")
     out = io.BytesIO()
     try:
-        with c2pa.Signer.from_info(info) as s, c2pa.Builder(manifest(record), context=context) as builder:
+        with c2pa.Signer.from_info(info) as s, \
+                c2pa.Builder(manifest(record, with_ingredients=not sources), context=context) as builder:
+            for i, (ingredient, source) in enumerate(zip(record.ingredients, sources or [])):
+                definition = _ingredient(ingredient, i)
+                builder.add_ingredient(definition, definition.get("format") or _sniff(source), io.BytesIO(source))
             builder.sign(s, mime, io.BytesIO(data), out)
     except c2pa.C2paError as e:
         raise ValueError(f"C2PA signing failed ({e}); the certificate must be an ES256 (P-256) end-entity "
@@ -185,9 +218,21 @@ def c2pa_sign(data: bytes, mime: str, record: Record, signer: Signer) -> bytes:
     return out.getvalue()
 
 
+def _sniff(data: bytes) -> str:
+    """The MIME type of an image file by its magic bytes (for an ingredient whose record has no format)."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
 def c2pa_read(data: bytes) -> dict | None:
     """The C2PA manifest of encoded bytes: {"state": Valid | Trusted | Invalid, "failures": [codes], "source_type",
-    "record"}; None when there is none. A manifest too damaged to parse reads as Invalid."""
+    "action": created | edited, "ingredients": [{title, format, relationship, sha256}], "record"}; None when there
+    is none. A manifest too damaged to parse reads as Invalid."""
     c2pa = _c2pa()
     try:
         with c2pa.Reader(io.BytesIO(data)) as reader:
@@ -198,18 +243,28 @@ def c2pa_read(data: bytes) -> dict | None:
         if b"jumb" not in data or b"c2pa" not in data:
             return None  # no manifest store in the bytes: a foreign or unreadable file, not a broken manifest
         return {"state": "Invalid", "failures": [type(e).__name__ + ": " + str(e)[:200]], "source_type": None,
-                "record": None}
+                "action": None, "ingredients": [], "record": None}
     active = store.get("manifests", {}).get(store.get("active_manifest"), {})
     failures = [f["code"] for f in store.get("validation_results", {}).get("activeManifest", {}).get("failure", [])]
-    source, record = None, None
+    source, record, kind = None, None, None
     for assertion in active.get("assertions", []):
         if assertion.get("label", "").startswith("c2pa.actions"):
             for action in assertion.get("data", {}).get("actions", []):
-                if action.get("action") == "c2pa.created":
-                    source = action.get("digitalSourceType")
+                if action.get("action") in ("c2pa.created", "c2pa.edited") and kind != "created":
+                    kind = action["action"].split(".", 1)[1]
+                    source = action.get("digitalSourceType") or source
         elif assertion.get("label") == "org.genforge.generation":
             record = assertion.get("data")
-    return {"state": store.get("validation_state"), "failures": failures, "source_type": source, "record": record}
+    hashes = {i.get("title"): i.get("sha256") for i in (record or {}).get("ingredients") or [] if isinstance(i, dict)}
+    ingredients = []
+    for ing in active.get("ingredients", []):
+        described = str(ing.get("description") or "")
+        sha = described.rsplit(": ", 1)[-1] if described.startswith("SHA-256 of the source file: ") else None
+        ingredients.append({"title": ing.get("title"), "format": ing.get("format"),
+                            "relationship": ing.get("relationship"), "sha256": sha or hashes.get(ing.get("title")),
+                            "signed": bool(ing.get("active_manifest"))})
+    return {"state": store.get("validation_state"), "failures": failures, "source_type": source, "action": kind,
+            "ingredients": ingredients, "record": record}
 
 
 def throwaway_certificate(days: int = 30) -> tuple[Signer, bytes]:
