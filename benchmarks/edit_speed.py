@@ -1,7 +1,7 @@
 """How long one edit takes: a 28x28 inpainting at default settings (the aim: <= 1 s on 2 cores), and the other
 edits and samplers beside it. Run on an idle box:
 
-    python benchmarks/edit_speed.py --run RUNS/mnist-ddpm --sr RUNS/mnist-sr [--export EXPORT_DIR] [--repeats 10]
+    python benchmarks/edit_speed.py --run RUNS/mnist-ddpm --sr RUNS/mnist-sr --data-dir ../shared/data [--export EXPORT_DIR]
 
 Prints a table and writes benchmarks/edit_speed.json. Times are the median of --repeats calls after one warm-up
 call, in process (the model loaded once); the whole command (`genforge edit`) is timed once as well.
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--sr", help="a super-resolution run (mnist-sr)")
     ap.add_argument("--export", help="an export of --run, timed on the torch-free runtime")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--data-dir", default=None, help="dataset folder (default: $GENFORGE_DATA)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("edit_speed.json")))
     args = ap.parse_args()
 
@@ -45,7 +46,7 @@ def main() -> None:
     import genforge
     from genforge.data import load_image_dataset
 
-    test = load_image_dataset("mnist", split="test").images[:1].numpy()
+    test = load_image_dataset("mnist", args.data_dir, split="test").images[:1].numpy()
     mask = np.zeros((28, 28), bool)
     mask[14:] = True
     gen = genforge.load(args.run)

@@ -325,7 +325,8 @@ def test_a_fresh_environment_without_torch_generates_from_an_export(exported, te
                                                                    tmp_path):
     """The runtime's claim, tested: genforge installed without its torch dependencies, plus numpy, Pillow,
     onnxruntime, tokenizers and the CLI's typer and rich only, samples every exported family from Python and
-    the CLI; with the music extra's packages too, it composes tunes and renders them to audio."""
+    the CLI, inpaints and varies images; with the music extra's packages too, it composes tunes and renders them to
+    audio."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
@@ -344,6 +345,16 @@ for name, path in json.loads({json.dumps(json.dumps(exports))}).items():
 for name, path in json.loads({json.dumps(json.dumps({k: str(v[1]) for k, v in text_exported.items()}))}).items():
     text = rt.load(path).generate("ROMEO:", max_new_tokens=20, temperature=0)
     assert isinstance(text, str) and len(text) > 0, (name, text)
+import numpy as np
+from PIL import Image
+edit = rt.load(json.loads({json.dumps(json.dumps(exports))})["ddpm-eps"])
+image, mask = np.full((28, 28, 1), 40, np.uint8), np.zeros((28, 28), bool)
+mask[14:] = True
+filled = edit.inpaint(image, mask, seed=0, steps=4)
+assert filled.shape == (1, 28, 28, 1) and (filled[0, :14] == 40).all(), filled[0, :14, :, 0]
+assert (edit.vary(image, strength=0.0, seed=0) == image).all() and edit.vary(image, strength=0.5, n=2).shape[0] == 2
+Image.fromarray(image[..., 0]).save("in.png")
+Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save("mask.png")
 music = rt.load({json.dumps(str(music_exported[1]))})
 pieces, counts = music.compose("M:6/8\\nK:D", n=2, max_new_tokens=120, temperature=0.5, seed=0, keep_invalid=True)
 assert len(pieces) == 2 and all(p.text.startswith("X:1\\nM:6/8\\nL:1/8\\nK:D\\n") for p in pieces), pieces
@@ -365,6 +376,10 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accel
                         "--max-new-tokens", "20", "--temperature", "0"], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env=clean_env)
     assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stdout + r.stderr
+    r = subprocess.run([str(env_dir / "bin" / "genforge"), "edit", exports["cddpm-flow"], "--in", "in.png", "--mask",
+                        "mask.png", "--bw-mask", "--label", "3", "--out", "edited.png", "--steps", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
+    assert r.returncode == 0 and (tmp_path / "edited.png").exists(), r.stdout + r.stderr
     r = subprocess.run([str(env_dir / "bin" / "genforge"), "render", "tunes/tune-000.abc", "--out", "tune.wav"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
     assert r.returncode == 0 and (tmp_path / "tune.wav").stat().st_size > 10_000, r.stdout + r.stderr

@@ -82,7 +82,14 @@ class DiffusionMethod(ImageMethod):
         return opts
 
     edit_options = {
-        "inpaint": {
+        "inpaint": {  # RePaint samples ancestrally: with a stochastic sampler the fill keeps adjusting to the known
+            # pixels (measured on mnist-ddpm, lower half masked, 200 digits: 68% recognised as their true class
+            # with ddim eta 1 against 54% with the deterministic UniPC, at the same 40 network calls)
+            "sampler": SampleOption(str, "ddim", help="the sampler (ddim with eta 1 is the DDPM posterior on the grid, "
+                                                      "what RePaint samples with)", choices=SAMPLERS),
+            "steps": SampleOption(int, 20, 1, 10_000, "sampler steps; network calls are steps x resample"),
+            "eta": SampleOption(float, 1.0, 0.0, 1.0, "ddim: 1 draws fresh noise at each step (the default), 0 is "
+                                                      "deterministic"),
             "jump": SampleOption(int, 5, 1, 100, "RePaint: sampler steps per block; each block is walked `resample` times"),
             "resample": SampleOption(int, 2, 1, 20, "RePaint: walks per block (1: no resampling, only the known pixels "
                                                     "put back after each step); network calls are steps x resample"),
