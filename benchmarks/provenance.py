@@ -118,7 +118,8 @@ def image_rows(name: str, run: str, args) -> dict:
 
 def text_rows(run: str, args) -> dict:
     import genforge
-    from genforge.media.watermark import MarkKey, TextMark
+    from genforge.media.text_mark import TextMark
+    from genforge.media.watermark import MarkKey
 
     model = genforge.load(run, precision="no", select="last")
     tok = model.tokenizer

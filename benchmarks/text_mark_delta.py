@@ -28,7 +28,7 @@ def main() -> None:
     args = p.parse_args()
 
     import genforge
-    from genforge.media import watermark as W
+    from genforge.media import text_mark as TM, watermark as W
 
     model = genforge.load(args.run, precision="no", select="last")
     tok, key = model.tokenizer, W.MarkKey(KEY)
@@ -37,7 +37,7 @@ def main() -> None:
         plain = model.generate(["\n"] * args.texts, max_new_tokens=args.tokens, temperature=temp, seed=1)
         base = _nll(model, tok, plain)
         for delta in args.deltas:
-            mark = W.TextMark(key, tok.vocab_size, delta=delta)
+            mark = TM.TextMark(key, tok.vocab_size, delta=delta)
             model.text_mark = lambda vocab, m=mark: m  # this delta instead of the default
             model.use_mark_key(key)
             marked = model.generate(["\n"] * args.texts, max_new_tokens=args.tokens, temperature=temp, seed=1)

@@ -17,7 +17,8 @@ from genforge.cli import app
 from genforge.data.loading import load_image_dataset
 from genforge.media import Record, decode, encode
 from genforge.media.provenance import SOURCE_TYPE, c2pa_read, parse_xmp, throwaway_certificate, xmp_packet
-from genforge.media.watermark import ImageMark, MarkKey, TextMark, jpeg_round_trip, psnr, read_key
+from genforge.media.text_mark import TextMark
+from genforge.media.watermark import ImageMark, MarkKey, jpeg_round_trip, psnr, read_key
 from genforge.tokenizers import train_tokenizer
 from genforge.training import train
 from tiny import tiny_config, tiny_lm_config

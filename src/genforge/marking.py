@@ -15,7 +15,8 @@ from pathlib import Path
 from genforge.errors import UserError
 from genforge.media.audio_mark import AudioMark
 from genforge.media.provenance import Record
-from genforge.media.watermark import ImageMark, KeyError_, MarkKey, TextMark, read_key
+from genforge.media.text_mark import TextMark
+from genforge.media.watermark import ImageMark, KeyError_, MarkKey, read_key
 
 UNSET = object()
 

@@ -24,7 +24,8 @@ from genforge.media.provenance import SOURCE_TYPES, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
 from genforge.media.video import clip_format, clip_layout, decode_clip, detect_clip_mark
 from genforge.media.video_containers import mp4_xmp
-from genforge.media.watermark import ImageMark, MarkKey, TextMark
+from genforge.media.text_mark import TextMark
+from genforge.media.watermark import ImageMark, MarkKey
 
 GENERATED, NOT_FOUND, TAMPERED = 0, 1, 3  # exit codes (2 is the CLI's usage error)
 

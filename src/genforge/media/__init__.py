@@ -7,7 +7,8 @@ from genforge.media.images import decode, encode, png_bytes, save_grid, write_im
 from genforge.media.provenance import SOURCE_TYPE, Record, Signer
 from genforge.media.text import write_text
 from genforge.media.video import decode_clip, detect_clip_mark, encode_clip, filmstrip, save_filmstrip, write_clips
-from genforge.media.watermark import ImageMark, MarkKey, TextMark, read_key
+from genforge.media.text_mark import TextMark
+from genforge.media.watermark import ImageMark, MarkKey, read_key
 
 __all__ = ["decode", "encode", "png_bytes", "save_grid", "write_images", "SOURCE_TYPE", "Record", "Signer",
            "write_text", "ImageMark", "MarkKey", "TextMark", "read_key", "AudioMark", "decode_audio", "encode_audio",
