@@ -55,7 +55,8 @@ def mark_rates(run: str, n: int = 40) -> dict:
     """The keyed mark in generated clips (marked per frame, detection pooled over frames) after each writer, and
     the false positives on the same clips unmarked."""
     import genforge
-    from genforge.media.video import decode_clip, detect_clip_mark, encode_clip
+    from genforge.media.clip_mark import detect_clip_mark
+    from genforge.media.video import decode_clip, encode_clip
     from genforge.media.watermark import MarkKey
 
     gen = genforge.load(run)

@@ -123,7 +123,7 @@ def generate_filtered(model, n: int, filters: Filters, seed: int | None = None, 
     finally:
         model.use_mark_key(key if key is not None else False)
     if key is not None and len(out):
-        from genforge.media.watermark import ImageMark
+        from genforge.media.image_mark import ImageMark
 
         out = ImageMark(key).embed(out)
     return out, reports

@@ -31,7 +31,8 @@ class TextJob:
     stop: list[str] | str | None = None
     rng: Any = None
     cancelled: Callable[[], bool] | None = None  # polled after each token; True ends the row
-    mark: Any = None  # a media.watermark.TextMark biasing this row's logits, or None
+    mark: Any = None  # this row's keyed text mark, or None: a media.text_mark.TournamentMark (reweights the final
+    # sampling distribution) or the earlier TextMark (biases the logits)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None

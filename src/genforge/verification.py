@@ -22,10 +22,13 @@ from genforge.media.images import decode
 from genforge.media.music import MUSIC_SUFFIXES, music_format, music_provenance
 from genforge.media.provenance import SOURCE_TYPES, c2pa_read, parse_xmp
 from genforge.media.text import read_sidecar
-from genforge.media.video import clip_format, clip_layout, decode_clip, detect_clip_mark
+from genforge.media.clip_mark import detect_clip_mark
+from genforge.media.video import clip_format, clip_layout, decode_clip
 from genforge.media.video_containers import mp4_xmp
-from genforge.media.text_mark import TextMark
-from genforge.media.watermark import ImageMark, MarkKey
+from genforge.media.text_mark import TextMark, TournamentMark
+from genforge.media.image_mark import ImageMark
+from genforge.media.legacy_mark import ImageMarkV1
+from genforge.media.watermark import THRESHOLD_Z, MarkKey, normal_sf
 
 GENERATED, NOT_FOUND, TAMPERED = 0, 1, 3  # exit codes (2 is the CLI's usage error)
 
@@ -106,7 +109,9 @@ def verify(target: str, keys: list[MarkKey], model: str | Path | None = None) ->
                 raise UserError(f"{target} is neither an image Pillow reads, audio (WAV, FLAC, MP3) nor UTF-8 "
                                 "text.") from None
             return _verify_text(text, str(path), keys, model, read_sidecar(path))
-        return _verify_image(data, pixels, xmp, f"{path} ({fmt})", keys)
+        report = _verify_image(data, pixels, xmp, f"{path} ({fmt})", keys)
+        _verify_noise_mark(report, pixels, keys, model)
+        return report
     if len(target) < 200 and ("/" in target or target.endswith((".png", ".jpg", ".jpeg", ".webp", ".txt", ".wav",
                                                                  ".flac", ".mp3", ".ogg") + CLIP_SUFFIXES
                                                                  + tuple(MUSIC_SUFFIXES))):
@@ -123,16 +128,90 @@ def _verify_image(data: bytes, pixels, xmp, source: str, keys: list[MarkKey]) ->
     parameters = ((report.metadata or {}).get("parameters") or {}) if report.metadata else {}
     grid, strip = parameters.get("grid"), parameters.get("filmstrip")
     for key in keys:
-        mark = ImageMark(key)
         if isinstance(strip, dict):
-            report.marks.append(_filmstrip_marks(mark, pixels, strip))
+            report.marks.append(_either(_image_marks(key, report.metadata), lambda m: _filmstrip_marks(m, pixels, strip)))
         elif grid:
-            report.marks.append(_grid_marks(mark, pixels, grid))
+            report.marks.append(_either(_image_marks(key, report.metadata), lambda m: _grid_marks(m, pixels, grid)))
         else:
-            report.marks.append(mark.detect(pixels))
+            report.marks.append(_either(_image_marks(key, report.metadata), lambda m: m.detect(pixels)))
     if not keys:
         report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the invisible mark was not checked")
     return report
+
+
+def _image_marks(key: MarkKey, metadata: dict | None) -> list:
+    """The image mark versions to read: the one the record names; version 1 for a record that names a mark but no
+    scheme (written before version 2); both when there is no record (stripped, or never written)."""
+    scheme = (metadata or {}).get("mark_scheme")
+    if scheme == ImageMarkV1.scheme:
+        return [ImageMarkV1(key)]
+    if scheme == ImageMark.scheme:
+        return [ImageMark(key)]
+    if (metadata or {}).get("mark"):
+        return [ImageMarkV1(key)]
+    return [ImageMark(key), ImageMarkV1(key)]
+
+
+def _either(marks: list, read) -> dict:
+    """`read(mark)` under each version; the strongest finding, its p-value multiplied by the number of versions
+    tried (Bonferroni) and judged against that version's own threshold."""
+    results = [(read(m), m) for m in marks]
+    if len(results) == 1:
+        return results[0][0]
+    found, mark = min(results, key=lambda r: r[0].get("p_value", 1.0) if r[0].get("p_value") is not None else 1.0)
+    if found.get("p_value") is None:  # grids and filmstrips: a majority of tiles, each judged on its own
+        found, mark = max(results, key=lambda r: (r[0].get("detected", False), r[0].get("tiles_detected", 0)))
+        return {**found, "versions_tried": len(results)}
+    p = min(1.0, found["p_value"] * len(results))
+    return {**found, "p_value": p, "detected": p <= mark.false_positive_rate, "versions_tried": len(results)}
+
+
+def _verify_noise_mark(report: Report, pixels, keys: list[MarkKey], model) -> None:
+    """The diffusion noise mark (diffusion/noise_mark.py) under each key: the image inverted to its starting noise
+    by `model` (a diffusion run, loaded with torch, or an export, on onnxruntime) and scored; one entry per key in
+    `report.marks`, {"mark": "noise", ...}, so the verdict counts it as it counts the post-hoc mark."""
+    if not keys:
+        return
+    family = (report.metadata or {}).get("family")
+    planted = ((report.metadata or {}).get("parameters") or {}).get("noise_mark") if report.metadata else None
+    if model is None and family != "diffusion" and not planted:
+        return  # no record, or it says a GAN, VAE...: only say what was not checked where it could matter
+    if model is None:
+        report.notes.append("the diffusion noise mark was not checked: give --model RUN_OR_EXPORT (the diffusion run "
+                            "or export that made it; its sampler is run backwards)")
+        return
+    gen = _noise_mark_model(model)
+    if gen is None:
+        report.notes.append(f"--model {model}: not a diffusion image model, so the noise mark was not checked")
+        return
+    for key in keys:
+        report.marks.append(gen.detect_noise_mark(pixels, key))
+
+
+_NOISE_MODELS: dict[str, object] = {}
+
+
+def _noise_mark_model(model):
+    """The generator of a diffusion image run or export (cached per path), or None for any other model."""
+    from genforge.runtime.loading import is_export
+
+    model = Path(model)
+    if str(model) in _NOISE_MODELS:
+        return _NOISE_MODELS[str(model)]
+    if is_export(model):
+        from genforge.runtime import load as load_export
+
+        gen = load_export(model)
+    elif (model / "config.json").is_file():
+        import genforge  # torch: only for a run directory
+
+        gen = genforge.load(model, precision="no")
+    else:
+        raise UserError(f"--model {model}: not a run or export directory.")
+    family = (getattr(gen, "meta", None) or {}).get("family")
+    ok = family == "diffusion" and getattr(gen, "modality", "") == "image" and not getattr(gen, "low_res", 0)
+    _NOISE_MODELS[str(model)] = gen if ok else None
+    return _NOISE_MODELS[str(model)]
 
 
 def _verify_audio(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None:
@@ -209,7 +288,7 @@ def _verify_clip(data: bytes, path: Path, keys: list[MarkKey]) -> Report | None:
     if scale is None or [h, w] != [s * scale for s in layout.get("size", [])]:
         scale = None  # no record, or frames that are not what it describes: try the enlargements
     for key in keys:
-        report.marks.append(detect_clip_mark(ImageMark(key), frames, scale))
+        report.marks.append(_either(_image_marks(key, record), lambda m: detect_clip_mark(m, frames, scale)))
     if not keys:
         report.notes.append("no mark key given (--key or $GENFORGE_MARK_KEY_FILE): the invisible mark was not checked")
     return report
@@ -303,6 +382,23 @@ def _verify_text(text: str, source: str, keys: list[MarkKey], model, sidecar: di
     prompt = ((sidecar or {}).get("parameters") or {}).get("prompt")
     if prompt and text.startswith(prompt):
         start = len(tokenizer.encode(prompt))  # the prompt is context, not generated
+    named = (sidecar or {}).get("mark_scheme")  # "" or absent in texts written before schemes were recorded
     for key in keys:
-        report.marks.append(TextMark(key, tokenizer.vocab_size).score(ids, start))
+        report.marks.append(_text_mark_score(key, tokenizer.vocab_size, ids, start, named))
+        if report.marks[-1]["detected"]:
+            report.notes.append(f"text mark (key {key.id}): the {report.marks[-1]['scheme']} scheme matched")
     return report
+
+
+def _text_mark_score(key: MarkKey, vocab: int, ids: list[int], start: int, named: str | None) -> dict:
+    """The text mark under `key`: the scheme a sidecar names, else both (the tournament texts are generated with
+    now, the green-list mark of earlier texts), the better one reported with its p-value doubled (Bonferroni) and
+    detected when that is at most z = 4's; "schemes" has each scheme's z."""
+    marks = [TournamentMark(key, vocab), TextMark(key, vocab)]
+    if named in {m.scheme for m in marks}:
+        return next(m for m in marks if m.scheme == named).score(ids, start)
+    scores = [m.score(ids, start) for m in marks]
+    best = min(scores, key=lambda r: r["p_value"])
+    p = min(1.0, best["p_value"] * len(scores))
+    return {**best, "p_value": p, "detected": best["tokens_scored"] > 0 and p <= normal_sf(THRESHOLD_Z),
+            "schemes": {r["scheme"]: r["z"] for r in scores}}

@@ -51,7 +51,7 @@ def keygen(
 def verify(
     target: str = typer.Argument(..., help="An image (PNG, JPEG, WebP), a clip (MP4, animated WebP, GIF, APNG), audio (WAV, FLAC, MP3), music (MIDI, ABC, MusicXML), a text file, or text itself."),
     key: List[Path] = typer.Option([], "--key", help="Mark key file to test (repeatable; default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Text: the run or export whose tokenizer made it (needed for the text mark). Images: the diffusion run or export that made it, for the noise mark (its sampler is run backwards to the starting noise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ):
     """Is this generated, by what, and has it been altered? Reports the provenance metadata (XMP, a text
@@ -99,8 +99,12 @@ def verify(
                       f"{m['tiles_detected']} of {m['tiles']} {'filmstrip clips' if m.get('clips') else 'grid tiles'} (median z {m['z_median']})", highlight=False, soft_wrap=True)
         else:
             where = f", {m['tokens_scored']} tokens scored" if "tokens_scored" in m else f", view {m.get('view')}"
-            out.print(f"  mark (key {m['key_id']}): {'found' if m['detected'] else 'not found'}: z {m['z']}, "
+            what = "noise mark" if m.get("mark") == "noise" else "mark"
+            out.print(f"  {what} (key {m['key_id']}): {'found' if m['detected'] else 'not found'}: z {m['z']}, "
                       f"p {m['p_value']:.2g}{where}", highlight=False, soft_wrap=True)
+        if m.get("searched"):
+            out.print(f"    {m.get('scheme', 'mark')}: tried {m['searched']} ({m.get('tries')} tries, all paid for in "
+                      "the p-value)", highlight=False, soft_wrap=True)
     for note in data["notes"]:
         out.print(f"  note: {note}", highlight=False, soft_wrap=True)
     raise typer.Exit(report.verdict)

@@ -50,6 +50,7 @@ def sample(
     quality: Optional[int] = typer.Option(None, help="JPEG and WebP quality, 1-100 (WebP 100 is lossless). Default: JPEG 100 and lossless WebP, which keep the invisible mark through a later JPEG-75 re-encode (JPEG 95 written: 91-94% kept; lossy WebP removes it)."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible mark (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY). Create one with `genforge keygen`."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Do not apply the invisible mark, even when a key is set."),
+    noise_mark: Optional[bool] = typer.Option(None, "--noise-mark/--no-noise-mark", help="Diffusion image models: plant the keyed noise mark in the starting noise (read back by `genforge verify --model RUN`), or not. Default: the run's model.noise_mark. Needs a mark key."),
     no_metadata: bool = typer.Option(False, "--no-metadata", help="Write files without provenance metadata (XMP, sidecar) or C2PA manifest."),
     sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="PEM certificate chain (signer first) for a C2PA manifest in every image; needs --sign-key and the provenance extra."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="PEM private key (ES256, P-256) of --sign-cert."),
@@ -93,6 +94,11 @@ def sample(
 
         model = load(run_dir, select=select, precision=precision)
     model.use_mark_key(False if no_mark else mark_key)
+    if noise_mark is not None:
+        if noise_mark and (model.meta.get("family") != "diffusion" or model.modality != "image"):
+            raise UserError(f"--noise-mark applies to diffusion image models; {run_dir} is a "
+                            f"{model.meta.get('family', '?')} {model.modality} model.")
+        model.use_noise_mark(noise_mark)
     signer = signer_from(sign_cert, sign_key, no_metadata)
     if model.mark_key is None and not no_mark and out_arg is not None:  # not over text printed to the terminal
         err.print("note: no mark key, so the outputs carry metadata but no invisible mark; set --mark-key or "

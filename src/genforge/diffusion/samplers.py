@@ -247,6 +247,23 @@ def _unipc(model, x, schedule, times, eta, noise, callback):
     return x
 
 
+def invert(model: Callable, x, schedule: Schedule, steps: int = 20, callback: Callable | None = None):
+    """The deterministic sampler run backwards: an image x (t = 0, model range) to the noise (t = 1) that DDIM with
+    eta 0 (for a flow model: the Euler method on its ODE) maps to it, on the reversed grid `schedule.times(steps)`.
+    Each step re-noises the network's (x0_hat, eps_hat) at the current point to the next, higher time (DDIM
+    inversion, Song et al. 2021; as Tree-Ring detects its mark). model(x, t) -> (x0_hat, eps_hat) as in `sample`.
+    The noise it finds is the start of sampling up to the two solvers' discretisation errors."""
+    times = schedule.times(steps)[::-1]
+    n = len(times) - 1
+    for i in range(n):
+        a_s, s_s = _ab(schedule, times[i + 1])
+        x0, eps = model(x, times[i])
+        x = a_s * x0 + s_s * eps
+        if callback:
+            callback(i + 1, n)
+    return x
+
+
 def _unic_weights(h: float, r: float | None) -> tuple[float, float]:
     """The corrector's weights on the older difference and on the new one: 1/2 at first order; at second
     order the solution of UniPC's 2 x 2 system R rho = b, R = [[1, 1], [r, 1]], b_k = k! phi_{k+1}(-h) / B(h)."""

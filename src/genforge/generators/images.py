@@ -118,7 +118,7 @@ class ImageGenerator(ImageEditing, _Generator):
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             lab = label_t[start : start + m] if label_t is not None else None
-            drawn = self.method.draw(self.net, self.spec, m, lab, rng, **options)
+            drawn = self._plant_noise_mark(self.method.draw(self.net, self.spec, m, lab, rng, **options))
             a, z = max(lo, start), min(hi, start + m)
             if a >= z:
                 continue
@@ -150,6 +150,7 @@ class ImageGenerator(ImageEditing, _Generator):
             raise UserError(f"n must be at least 1, got {n}.")
         options = self._options(options)
         drawn = self.method.draw(self.net, self.spec, n, self._labels(labels, n), self._rng(seed), **options)
+        drawn = self._plant_noise_mark(drawn)
         return ImageJob(n, options, drawn, self.method.network_calls(self.net, n, **options))
 
     @torch.no_grad()
@@ -174,6 +175,21 @@ class ImageGenerator(ImageEditing, _Generator):
         images = self._marked(from_model_range(x.float()).cpu().numpy())
         sizes = [len(next(iter(d.values()))) for d in draws]
         return np.split(images, np.cumsum(sizes)[:-1])
+
+    # -- the noise mark (marking.py): the sampler run backwards ---------------------------------------------------
+    def _noise_shape(self) -> tuple[int, int, int]:
+        if self.meta.get("family") != "diffusion" or self.low_res:
+            return super()._noise_shape()
+        return (self.spec.channels, self.spec.height, self.spec.width)
+
+    @torch.no_grad()
+    def invert_noise(self, x: np.ndarray, steps: int = 10) -> np.ndarray:
+        """float32 (N, C, H, W) images in the model range -> the starting noise the deterministic sampler maps to
+        them (diffusion models), float32."""
+        self._noise_shape()
+        with self._autocast(self.dtype):
+            y = self.method.invert(self.net, torch.as_tensor(np.asarray(x, np.float32)), self.device, steps)
+        return y.float().cpu().numpy()
 
     # -- latent space: VAEs (encode, decode, reconstruct) and any family with latents (interpolate) ------------
     def _model_input(self, images) -> torch.Tensor:

@@ -68,15 +68,20 @@ class TextGenerator(_Generator):
                 job.rng = torch.Generator().manual_seed(int(torch.seed() % 2**63))
         dtype = self.dtype if dtype is None else dtype
 
-        def bias(b: int, ids: list[int]):
+        def bias(b: int, ids: list[int]):  # the earlier green-list mark (a logits bias)
             mark = jobs[b].mark
-            return None if mark is None else mark.bias(ids)
+            return None if mark is None or not hasattr(mark, "bias") else mark.bias(ids)
+
+        def reweight(b: int, ids: list[int], probs):  # the tournament mark (reweights the final distribution)
+            mark = jobs[b].mark
+            return None if mark is None or not hasattr(mark, "reweight") else mark.reweight(ids, probs)
 
         def id_steps(ids, should_stop, banned):
             return generate(self._net_in(dtype), ids, [j.max_new_tokens for j in jobs], [j.temperature for j in jobs],
                             [j.top_k for j in jobs], [j.top_p for j in jobs], generator=[j.rng for j in jobs],
                             should_stop=should_stop, use_cache=use_cache, dtype=dtype, banned_ids=banned,
-                            bias=bias if any(j.mark is not None for j in jobs) else None)
+                            bias=bias if any(hasattr(j.mark, "bias") for j in jobs) else None,
+                            reweight=reweight if any(hasattr(j.mark, "reweight") for j in jobs) else None)
 
         yield from run_jobs(self.tokenizer, jobs, id_steps)
 

@@ -56,7 +56,7 @@ class VideoGenerator(ImageGenerator):
         return {"frames": frames, **self.method.options_for(self.meta.get("model") or {})}
 
     def _marked(self, clips: np.ndarray) -> np.ndarray:
-        from genforge.media.video import mark_clips
+        from genforge.media.clip_mark import mark_clips
 
         return mark_clips(self.image_mark, clips)
 

@@ -6,9 +6,11 @@ from genforge.media.audio_mark import AudioMark
 from genforge.media.images import decode, encode, png_bytes, save_grid, write_images
 from genforge.media.provenance import SOURCE_TYPE, Record, Signer
 from genforge.media.text import write_text
-from genforge.media.video import decode_clip, detect_clip_mark, encode_clip, filmstrip, save_filmstrip, write_clips
+from genforge.media.clip_mark import detect_clip_mark
+from genforge.media.video import decode_clip, encode_clip, filmstrip, save_filmstrip, write_clips
 from genforge.media.text_mark import TextMark
-from genforge.media.watermark import ImageMark, MarkKey, read_key
+from genforge.media.image_mark import ImageMark
+from genforge.media.watermark import MarkKey, read_key
 
 __all__ = ["decode", "encode", "png_bytes", "save_grid", "write_images", "SOURCE_TYPE", "Record", "Signer",
            "write_text", "ImageMark", "MarkKey", "TextMark", "read_key", "AudioMark", "decode_audio", "encode_audio",

@@ -31,7 +31,7 @@ NS = {
     "xmp": "http://ns.adobe.com/xap/1.0/",
     "genforge": "https://genforge.dev/ns/provenance/1.0/",
 }
-FIELDS = ("model", "model_hash", "family", "version", "created", "seed", "parameters", "filters", "mark")
+FIELDS = ("model", "model_hash", "family", "version", "created", "seed", "parameters", "filters", "mark", "mark_scheme")
 EDIT_FIELDS = ("action", "ingredients")  # written only for an edit (a created record leaves them out)
 MAX_XMP = 1 << 20  # a packet larger than this is not ours; not parsed
 
@@ -49,6 +49,7 @@ class Record:
     parameters: dict = field(default_factory=dict)
     filters: list = field(default_factory=list)  # output filters applied, each a dict (see filters.py)
     mark: str = ""  # the image or text mark's key id, "" when none was applied
+    mark_scheme: str = ""  # which mark and version ("image-v2", ...); "" in files written before versions existed
     action: str = "created"  # "created" (drawn from noise) or "edited" (an edit of the ingredients' images)
     ingredients: list = field(default_factory=list)  # what an edit started from: {"title", "sha256", "format"} each
 

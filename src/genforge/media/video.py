@@ -35,7 +35,7 @@ from genforge.media.images import _write, encode, make_grid
 from genforge.media.provenance import Record, Signer, c2pa_sign, parse_xmp, xmp_packet
 from genforge.media.video_containers import (decode_av, encode_animated, encode_mp4, expand, mp4_with_xmp, mp4_xmp,
                                              read_animated)
-from genforge.media.watermark import THRESHOLD_Z, ImageMark, _blocks, _luma, _shrink, jpeg_round_trip, normal_sf
+from genforge.media.watermark import _shrink
 
 CLIP_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif", ".apng": "apng", ".png": "apng"}
 MIME = {"mp4": "video/mp4", "webp": "image/webp", "gif": "image/gif", "apng": "image/png"}
@@ -237,85 +237,3 @@ def write_clips(clips: np.ndarray, out: str | Path, fps: float, record: Record |
         _write(target, encode_clip(clip, fmt, fps, rec, signer, scale))
     return targets
 
-
-# ---------------------------------------------------------------------------------------------- the mark
-
-def mark_clips(mark: ImageMark | None, clips: np.ndarray) -> np.ndarray:
-    """The keyed image mark in every frame of uint8 clips (N, T, H, W, C) (`detect_clip_mark` pools them); clips
-    unchanged when there is no key. Shared by the torch generator and the runtime."""
-    if mark is None:
-        return clips
-    return mark.embed(clips.reshape(-1, *clips.shape[2:])).reshape(clips.shape)
-
-
-def clip_scores(mark: ImageMark, frames: np.ndarray) -> tuple[float, np.ndarray, int]:
-    """(pooled z, per-frame z, observations) of uint8 (T, H, W, C) frames under `mark`'s key.
-
-    Per frame, the image mark's statistic: cos of each live coefficient's phase against the key's lattice,
-    summed, over sqrt(count / 2) (z ~ N(0, 1) without the mark, ImageMark.scores). Pooled: the same sum over all
-    frames, over the square root of its variance without the mark when a coefficient that moved less than one
-    lattice step between two frames counts as the same observation (fully correlated: its phase against the
-    shared dither barely moves) and one that moved farther as a new one. Naive pooling (all frames independent)
-    would turn a still clip into T copies of one frame's evidence (measured: z up to 8 on unmarked still clips);
-    this gives a still clip exactly one frame's z, and evidence accrues only where content moves. On Moving MNIST
-    that gain is small: most of a marked clip's evidence lies in its static background, which the mark makes
-    textured, so the best single frame often scores as high (detect_clip_mark tries both)."""
-    t, h, w, _ = frames.shape
-    y = _luma(frames)
-    live = np.broadcast_to((_blocks(y).std(axis=(-1, -2)) >= mark.flat)[..., None],
-                           (t, h // 8, w // 8, mark.coefficients)).reshape(t, -1)
-    coefs = mark._coefs(y).reshape(t, -1)
-    agree = np.where(live, np.cos(2 * np.pi * (coefs - mark._dither((h, w)).reshape(-1)) / mark.step), 0.0)
-    counts = live.sum(axis=1)
-    per_frame = np.where(counts > 0, agree.sum(axis=1) / np.sqrt(np.maximum(counts, 1) / 2), 0.0)
-    var = 0.0
-    for i in range(t):  # sum over frame pairs of the coefficients that count as one observation
-        var += float(((np.abs(coefs - coefs[i]) < mark.step) & live & live[i]).sum())
-    pooled = float(agree.sum() / math.sqrt(var / 2)) if var > 0 else 0.0
-    return pooled, per_frame, int(counts.sum())
-
-
-def detect_clip_mark(mark: ImageMark, clip: np.ndarray, scale: int | None = None) -> dict:
-    """The keyed image mark in one uint8 (T, H, W, C) clip, its evidence pooled over the frames.
-
-    Two statistics per view: the pooled z (see clip_scores; its null model: a coefficient within one lattice
-    step of another frame's is the same observation, one farther away a new, independent one), and the best
-    frame's z with a Bonferroni factor T (valid however the frames depend on each other); the clip's p is twice the
-    smaller p. Views as ImageMark.detect: as found and after its JPEG round trip, each also shrunk back by 2, 3 and
-    4 when `scale` is None (unknown); a known `scale` (the record's) is undone first and only those two views are
-    tried. The p-value is corrected for every try (Bonferroni), and the clip is detected when p <= 3.2e-5
-    (THRESHOLD_Z's one-sided rate): the false-positive rate per clip is at most that for the best-frame statistic,
-    and for the pooled one where its null model holds. Measured on 420 unmarked clips under random keys (Moving
-    MNIST raw and through MP4, still, still plus noise, slow and fast pans of a smooth texture, raw and MP4):
-    none detected, P(p <= 0.05) = 0.019 and P(p <= 0.01) = 0.002 (conservative), the pooled z's sd 0.3-0.7 per
-    kind."""
-    frames = check_clips(clip)[0]
-    t, h, w, _ = frames.shape
-    if scale and scale > 1 and h % scale == 0 and w % scale == 0:
-        frames = np.stack([_shrink(f, scale) for f in frames])
-        h, w = h // scale, w // scale
-    shrinks = [1] if scale else [k for k in (1, 2, 3, 4) if k == 1 or (h % k == 0 and w % k == 0 and h // k >= 8
-                                                                      and w // k >= 8)]
-    results = []
-    for k in shrinks:
-        base = frames if k == 1 else np.stack([_shrink(f, k) for f in frames])
-        for jpeg in ([False, True] if mark.jpeg_quality else [False]):
-            view = (f"x1/{k}" if k > 1 else "as found") + (f", JPEG {mark.jpeg_quality}" if jpeg else "")
-            views = jpeg_round_trip(base, mark.jpeg_quality) if jpeg else base
-            results.append((view, *clip_scores(mark, views)))
-    tries = len(results) * (2 if t > 1 else 1)
-    best = None
-    for view, pooled, per_frame, scored in results:
-        candidates = [(normal_sf(pooled), pooled, "pooled over frames")]
-        if t > 1:
-            top = int(np.argmax(per_frame))
-            candidates.append((min(1.0, normal_sf(per_frame[top]) * t), float(per_frame[top]), f"frame {top}"))
-        p, z, how = min(candidates, key=lambda c: c[0])
-        if best is None or p < best[0]:
-            best = (p, z, f"{view}, {how}", pooled, per_frame, scored)
-    p, z, view, pooled, per_frame, scored = best
-    p = min(1.0, p * tries)
-    return {"z": round(z, 2), "p_value": p, "view": view, "tries": tries, "frames": t,
-            "frames_over_threshold": int((per_frame > THRESHOLD_Z).sum()), "z_pooled": round(pooled, 2),
-            "z_best_frame": round(float(per_frame.max()), 2), "coefficients_scored": scored,
-            "detected": p <= normal_sf(THRESHOLD_Z), "key_id": mark.key.id}

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from genforge.diffusion import SAMPLERS, make_schedule, sample as run_sampler, split_prediction, training_target
 from genforge.diffusion import editing
-from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
+from genforge.diffusion.samplers import invert as invert_sampler, is_stochastic, resolve_steps, step_noise
 from genforge.errors import UserError
 from genforge.methods.base import DataSpec, MethodConfig, OnnxGraph, SampleOption
 from genforge.methods.images import ImageMethod
@@ -53,6 +53,9 @@ class DiffusionConfig(MethodConfig):
     sampler: Literal["ddpm", "ddim", "dpmpp2m", "unipc"] = Field("unipc", description="default sampler")
     steps: int = Field(20, ge=1, description="default network calls per sample (ddpm: T)")
     guidance: float = Field(1.0, ge=0, description="default guidance scale: 0 unconditional, 1 conditional, > 1 guided")
+    noise_mark: bool = Field(False, description="plant the keyed noise mark (Tree-Ring style, diffusion/noise_mark.py) "
+                                                "in the starting noise of every sample when a mark key is set; "
+                                                "`genforge verify --model RUN` finds it by inverting the sampler")
 
 
 class DiffusionMethod(ImageMethod):
@@ -138,6 +141,7 @@ class DiffusionMethod(ImageMethod):
         # what sampling needs besides the weights (plain attributes: the config, not the state dict, holds them)
         net.objective, net.schedule_kind, net.timesteps = cfg.objective, cfg.schedule, cfg.timesteps
         net.default_sampler, net.default_steps = cfg.sampler, cfg.steps
+        net.noise_mark = cfg.noise_mark
         return net
 
     def setup(self, train_cfg) -> None:
@@ -220,6 +224,21 @@ class DiffusionMethod(ImageMethod):
         return run_sampler(model, x.float(), schedule, sampler, steps, eta, noise, progress)
 
     @classmethod
+    def invert(cls, net, x: torch.Tensor, device, steps: int = 10, labels=None) -> torch.Tensor:
+        """The starting noise that the deterministic sampler maps to images x (model range, NCHW), found by
+        running it backwards (`diffusion.samplers.invert`): what the noise mark is read from."""
+        schedule = make_schedule(net.objective, net.schedule_kind, net.timesteps)
+        if labels is None and net.num_classes:  # a conditional model's "no class": the label is not known
+            labels = torch.full((len(x),), net.num_classes, dtype=torch.long, device=device)
+
+        def model(x, t):
+            out = guided_output(net, x, torch.full((len(x),), float(t), device=device), labels, 1.0)
+            a, s = schedule.alpha_sigma(t)
+            return split_prediction(net.objective, out, x, float(a), float(s))
+
+        return invert_sampler(model, x.to(device).float(), schedule, steps)
+
+    @classmethod
     def onnx_graphs(cls, net):
         """The UNet alone (x, t[, labels][, low] -> its output); the sampler loop runs outside it, in the runtime,
         with the same `diffusion/samplers.py` as here."""
@@ -243,7 +262,8 @@ class DiffusionMethod(ImageMethod):
     def runtime_config(cls, net):
         return {"objective": net.objective, "schedule": net.schedule_kind, "timesteps": net.timesteps,
                 "default_sampler": net.default_sampler, "default_steps": net.default_steps,
-                "num_classes": net.num_classes, "frames": net.frames, "low_res": net.low_res}
+                "num_classes": net.num_classes, "frames": net.frames, "low_res": net.low_res,
+                "noise_mark": bool(getattr(net, "noise_mark", False))}
 
     @classmethod
     def network_calls(cls, net, n: int, labels=None, sampler: str = "dpmpp2m", steps: int = 0,

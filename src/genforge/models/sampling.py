@@ -38,11 +38,12 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 def select_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None,
-                banned: torch.Tensor | None = None) -> torch.Tensor:
+                banned: torch.Tensor | None = None, reweight: Callable | None = None) -> torch.Tensor:
     """One token id per row of `logits` (B, vocab) -> (B,). Temperature 0 is greedy (argmax).
 
     `banned` ids (a 1-D tensor on the logits' device) are set to -inf first, so neither greedy decoding
-    nor top-k / top-p ever picks them, however likely the model thinks they are.
+    nor top-k / top-p ever picks them, however likely the model thinks they are. `reweight(row, probs)`: see
+    `_reweighted` (not at temperature 0).
     """
     if banned is not None and len(banned):
         logits = logits.index_fill(-1, banned, float("-inf"))
@@ -52,7 +53,25 @@ def select_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if temperature != 1.0:
         logits = logits / temperature
     logits = filter_logits(logits, top_k, top_p)
-    return sample_categorical(torch.softmax(logits, dim=-1), generator)
+    probs = torch.softmax(logits, dim=-1)
+    if reweight is not None:
+        probs = _reweighted(probs, list(range(probs.size(0))), reweight)
+    return sample_categorical(probs, generator)
+
+
+def _reweighted(probs: torch.Tensor, rows: list[int], reweight: Callable) -> torch.Tensor:
+    """`probs` (n, vocab), the final sampling distributions (after temperature, top-k and top-p) of batch rows
+    `rows`, with each replaced by `reweight(row, p)` where that returns an array (the keyed text mark's
+    distribution-preserving tournament): p and the result are float64 numpy arrays, computed exactly as the
+    runtime's `_select` computes them, so both paths apply one transform."""
+    out = None
+    for i, b in enumerate(rows):
+        p = probs[i].double()
+        new = reweight(b, (p / p.sum()).cpu().numpy())
+        if new is not None:
+            out = probs.clone() if out is None else out
+            out[i] = torch.as_tensor(new, dtype=probs.dtype, device=probs.device)
+    return probs if out is None else out
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -66,13 +85,15 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
 def select_next_rows(logits: torch.Tensor, temperatures: list[float], top_ks: list[int | None],
                      top_ps: list[float | None], generators: list[torch.Generator | None],
-                     banned: torch.Tensor | None = None, active: list[bool] | None = None) -> list[int]:
+                     banned: torch.Tensor | None = None, active: list[bool] | None = None,
+                     reweight: Callable | None = None) -> list[int]:
     """`select_next` with each row's own temperature, top-k, top-p and random generator: one id per row
     (0 for rows not `active`, which draw nothing).
 
     Each active row draws exactly one uniform number from its own generator, in row order, so a row's
     tokens do not depend on which other rows share its batch: what lets a server merge requests
     without changing any request's result. Rows may share a generator (one request's several rows).
+    `reweight(row, probs)`: see `_reweighted` (sampled rows only).
     """
     rows = logits.size(0)
     active = [True] * rows if active is None else active
@@ -103,6 +124,8 @@ def select_next_rows(logits: torch.Tensor, temperatures: list[float], top_ks: li
         order = [i for idx in groups.values() for i in idx]
         sampled = [sampled[i] for i in order]
     probs = torch.softmax(lg, dim=-1)
+    if reweight is not None:
+        probs = _reweighted(probs, sampled, reweight)
     u = torch.cat([draws[b] for b in sampled]).to(probs.device)
     cdf = probs.cumsum(dim=-1)
     ids = (cdf < ((1.0 - u).unsqueeze(1) * cdf[:, -1:])).sum(dim=-1).clamp_(max=probs.size(-1) - 1).tolist()
@@ -115,8 +138,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              stop_ids: Iterable[int] = (), should_stop: Callable[[int, list[int]], bool] | None = None,
              use_cache: bool = True, dtype: torch.dtype | None = None,
-             banned_ids: Iterable[int] = (), bias: Callable[[int, list[int]], object] | None = None
-             ) -> Iterator[list[int | None]]:
+             banned_ids: Iterable[int] = (), bias: Callable[[int, list[int]], object] | None = None,
+             reweight: Callable[[int, list[int], object], object] | None = None) -> Iterator[list[int | None]]:
     """Continue each prompt (a batch; lengths may differ), yielding one list of new ids per step, one
     entry per row, so a caller can stream text as it is produced.
 
@@ -139,7 +162,10 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     ~1.5x); tiny models are faster in float32.
 
     `bias(row, ids)` -> a float array (vocab,) or None: added to that row's logits before sampling, with `ids`
-    the row's prompt and generated ids so far (the keyed text mark's green list).
+    the row's prompt and generated ids so far (the earlier green-list text mark).
+    `reweight(row, ids, probs)` -> a float64 array or None: replaces that row's final sampling distribution
+    `probs` (float64 numpy, after temperature, top-k and top-p; not at temperature 0), with `ids` as for `bias`
+    (the keyed text mark's tournament, `media.text_mark.TournamentMark.reweight`).
     """
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in prompts):
         raise UserError("prompts must be a list of token-id lists, one per row. Fix: wrap a single prompt "
@@ -152,7 +178,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         check_sampling_args(t, k, p)
     return _generate(model, [list(p) for p in prompts], rows if rows[-1] is not None else None,
                      max_new_tokens, temperature, top_k, top_p, generator,
-                     set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)), bias)
+                     set(stop_ids), should_stop, use_cache, dtype, sorted(set(banned_ids)), bias, reweight)
 
 
 def _per_row(n: int, *values) -> list:
@@ -167,7 +193,7 @@ def _per_row(n: int, *values) -> list:
 
 
 def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p, generator, stop, should_stop,
-              use_cache, dtype, banned_ids, bias=None):
+              use_cache, dtype, banned_ids, bias=None, reweight=None):
     limits = per_row[4] if per_row else [max_new_tokens] * len(prompts)
     if max(limits) <= 0:
         return
@@ -202,12 +228,14 @@ def _generate(model, prompts, per_row, max_new_tokens, temperature, top_k, top_p
             if bias is not None:
                 logits = _biased(logits, [None if done[b] else bias(b, prompts[b] + generated[b])
                                           for b in range(len(prompts))])
+            marks = None if reweight is None else (lambda b, p: reweight(b, prompts[b] + generated[b], p))
             with mode():
                 if per_row:
                     next_ids = select_next_rows(logits, per_row[0], per_row[1], per_row[2], per_row[3],
-                                                banned, [not d for d in done])
+                                                banned, [not d for d in done], reweight=marks)
                 else:
-                    next_ids = select_next(logits, temperature, top_k, top_p, generator, banned).tolist()
+                    next_ids = select_next(logits, temperature, top_k, top_p, generator, banned,
+                                           reweight=marks).tolist()
             out: list[int | None] = []
             for b, t in enumerate(next_ids):
                 if done[b] or t in stop:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from genforge.diffusion import editing, make_schedule, sample, split_prediction
-from genforge.diffusion.samplers import is_stochastic, resolve_steps, step_noise
+from genforge.diffusion.samplers import invert as invert_sampler, is_stochastic, resolve_steps, step_noise
 from genforge.errors import UserError
 from genforge.runtime.wavenet import WaveNetFamily
 
@@ -105,6 +105,19 @@ class Diffusion(Family):
         shape = (n, *clip, *self.config["shape"])
         return {"x": rng.standard_normal(shape, dtype=np.float32),
                 "seeds": rng.integers(0, 2**62, size=n, dtype=np.int64), **self._labels(labels, n, rng)}
+
+    def invert(self, x: np.ndarray, steps: int = 10) -> np.ndarray:
+        """As methods/diffusion.py `invert`: images (model range, NCHW) back to their starting noise."""
+        unet, objective, schedule = self.graphs["unet"], self.config["objective"], self.schedule
+        null = {"labels": np.full(len(x), self.num_classes, dtype=np.int64)} if self.num_classes else {}
+
+        def model(x, t):
+            x = x.astype(np.float32, copy=False)
+            out = unet(x=x, t=np.full(len(x), t, dtype=np.float32), **null)
+            a, s = schedule.alpha_sigma(t)
+            return split_prediction(objective, out, x, float(a), float(s))
+
+        return np.asarray(invert_sampler(model, np.asarray(x, dtype=np.float32), schedule, steps), dtype=np.float32)
 
     def network_calls(self, n, sampler: str = "dpmpp2m", steps: int = 0, guidance: float = 1.0, task: str | None = None,
                       strength: float = 0.6, resample: int = 2, **options):

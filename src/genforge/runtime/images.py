@@ -121,7 +121,18 @@ class ExportedImageModel(_Editing, ExportedMarking):
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}.")
         options = self._options(options)
-        return self.family.draw(n, self._labels(labels, n), np.random.default_rng(seed), **options)
+        return self._plant_noise_mark(self.family.draw(n, self._labels(labels, n), np.random.default_rng(seed), **options))
+
+    def _noise_shape(self) -> tuple[int, int, int]:
+        if self.config.get("family") != "diffusion" or self.low_res:
+            return super()._noise_shape()
+        h, w, c = self.image_shape
+        return (c, h, w)
+
+    def invert_noise(self, x: np.ndarray, steps: int = 10) -> np.ndarray:
+        """As the run's generator: images in the model range (N, C, H, W) -> their starting noise."""
+        self._noise_shape()
+        return self.family.invert(np.asarray(x, np.float32), steps)
 
     def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
         """uint8 (N, H, W, C) images from drawn inputs (the parity tests pass the torch path's noise here)."""

@@ -73,9 +73,11 @@ class _RNNRow:
         self.logits = self._run([token])
 
 
-def _select(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, rng) -> int:
+def _select(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, rng,
+            reweight=None) -> int:
     """One id from a row's logits, as `models/sampling.select_next_rows` picks it: argmax at temperature 0,
-    else one uniform number through the filtered distribution's inverse CDF."""
+    else one uniform number through the filtered distribution's inverse CDF. `reweight(probs)` -> float64 array
+    or None replaces the final distribution first (the tournament text mark; as `sampling._reweighted` does)."""
     if temperature == 0:
         return int(np.argmax(logits))
     u = rng.random()
@@ -95,6 +97,11 @@ def _select(logits: np.ndarray, temperature: float, top_k: int | None, top_p: fl
         lg = lg.copy()
         lg[order[drop]] = -np.inf
     probs = np.exp(lg - lg.max())
+    if reweight is not None:
+        p = (probs / probs.sum()).astype(np.float64)
+        new = reweight(p / p.sum())
+        if new is not None:
+            probs = np.asarray(new, np.float32)
     cdf = np.cumsum(probs / probs.sum())
     return int(min(np.sum(cdf < (1.0 - u) * cdf[-1]), len(cdf) - 1))
 
@@ -126,12 +133,16 @@ class ExportedTextModel(ExportedMarking):
                         out.append(None)
                         continue
                     logits = row.logits.copy()
-                    if job.mark is not None:
+                    reweight = None
+                    if hasattr(job.mark, "reweight"):  # the tournament mark
+                        ids = prompts[b] + generated[b]
+                        reweight = lambda p, mark=job.mark, ids=ids: mark.reweight(ids, p)
+                    elif job.mark is not None:  # the earlier green-list mark
                         add = job.mark.bias(prompts[b] + generated[b])
                         if add is not None:
                             logits[:len(add)] += add
                     logits[banned] = -np.inf
-                    t = _select(logits, job.temperature, job.top_k, job.top_p, job.rng)
+                    t = _select(logits, job.temperature, job.top_k, job.top_p, job.rng, reweight)
                     generated[b].append(t)
                     out.append(t)
                     if should_stop(b, generated[b]) or len(generated[b]) >= limits[b]:

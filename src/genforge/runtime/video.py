@@ -24,7 +24,7 @@ class ExportedVideoModel(ExportedImageModel):
         """uint8 (N, T, H, W, C) clips from drawn inputs, the keyed mark in every frame."""
         x = np.nan_to_num(np.asarray(self.family.render(drawn, progress, **self._options(options)), np.float32), nan=0.0)
         clips = np.ascontiguousarray(np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 1, 3, 4, 2))
-        from genforge.media.video import mark_clips
+        from genforge.media.clip_mark import mark_clips
 
         return mark_clips(self.image_mark, clips)
 
