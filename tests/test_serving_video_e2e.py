@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from genforge.media.video import mp4_scale
 from test_serving_video import AUTH, CLASSES, FPS, KEY, H, T, W, FakeVideo, client, http, live, wait
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # the client's notice
@@ -47,7 +48,7 @@ def test_the_playground_shows_progress_and_plays_the_clip():
         assert page.evaluate("document.querySelector('#video-progress').value") == 100
         played = page.evaluate("(() => { const v = document.querySelector('#clip'); "
                                "return [v.readyState, v.videoWidth, v.videoHeight, v.duration]; })()")
-        assert played[0] >= 2 and played[1:3] == [W, H] and played[3] == pytest.approx(T / FPS, abs=0.3), played
+        assert played[0] >= 2 and played[1:3] == [W * mp4_scale(H, W), H * mp4_scale(H, W)] and played[3] == pytest.approx(T / FPS, abs=0.3), played
         assert page.evaluate("document.querySelector('#spritesheet').naturalWidth") >= 8 * W
         assert gen.calls[-1] == {"seed": 4, "labels": "3+7", "frames": T, "steps": 3, "loop": False}
         browser.close()
@@ -115,7 +116,7 @@ def test_a_trained_space_time_diffusion_run_is_served_as_the_library_samples_it(
         done = wait(c, job.id, lambda j: j["status"] in ("completed", "failed"), timeout=120)
         assert done["status"] == "completed" and done["progress"] == 100, done
         mp4 = c.get(f"/v1/videos/{job.id}/content").content
-    frames, _, record, fmt = decode_clip(mp4)
+    frames, _, record, fmt = decode_clip(mp4, native=True)  # written enlarged to 64 px; the record says so
     want = gen.generate(1, seed=11, labels="7", frames=6, steps=2)[0]
     assert fmt == "mp4" and frames.shape == want.shape == (6, 16, 16, 1)
     psnr = 10 * np.log10(255**2 / max(np.mean((frames.astype(float) - want) ** 2), 1e-9))

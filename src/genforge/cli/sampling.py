@@ -25,7 +25,7 @@ def sample(
     label_list: List[str] = typer.Option([], "--label", help="Class to generate (index or name, e.g. 7 or Sneaker); conditional image, audio and video models. Repeat it for several classes in turn (--label 3 --label 7 --n 4: 3, 7, 3, 7)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video models: frames per clip (default: the length the model was trained on)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Video models: playback rate of the written clips (default: the model's)."),
-    scale: int = typer.Option(1, "--scale", help="Video models: enlarge the written clips and filmstrips this many times (nearest neighbour), for viewing small frames."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Video models: enlarge the written clips and filmstrips this many times (nearest neighbour), for viewing small frames. Default: MP4 frames at least 64 px a side (the keyed mark then survives a re-encode at crf 28), 1 for other formats."),
     speaker: Optional[str] = typer.Option(None, help="Audio models trained with speakers: the voice (a speaker's name or index; default: drawn per clip)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for reproducible samples."),
     nrow: Optional[int] = typer.Option(None, help="Images per grid row (default: square grid)."),
@@ -133,7 +133,7 @@ def sample(
         return
     family_opts = {"temperature": temperature, "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance}
     image_opts = {k: v for k, v in family_opts.items() if k in model.options() and v is not None}
-    if model.modality != "video" and (frames is not None or fps is not None or scale != 1):
+    if model.modality != "video" and (frames is not None or fps is not None or scale is not None):
         raise UserError("--frames, --fps and --scale apply to video models; "
                         f"{run_dir} is {'an' if model.modality[0] in 'aeiou' else 'a'} {model.modality} model.")
     if model.modality == "video":

@@ -15,7 +15,7 @@ STILLS = (".png", ".jpg", ".jpeg")  # --out x.png: a filmstrip (an animated PNG 
 CLIPS = (".mp4", ".webp", ".gif", ".apng")
 
 
-def sample_video(model, n: int | None, out_arg: str | None, label, seed, fps: float | None, scale: int, fmt: str,
+def sample_video(model, n: int | None, out_arg: str | None, label, seed, fps: float | None, scale: int | None, fmt: str,
                  options: dict, signer, metadata: bool, progress_bar: bool) -> None:
     if out_arg is None:
         raise UserError("--out is required for a video model: clips/ (one MP4 per clip), x.mp4, x.webp, x.gif or "
@@ -30,7 +30,7 @@ def sample_video(model, n: int | None, out_arg: str | None, label, seed, fps: fl
     folder_fmt = "mp4" if fmt == "png" else fmt.lower().lstrip(".")
     if as_dir and f".{folder_fmt}" not in CLIPS:
         raise UserError(f"--format for a folder of clips must be mp4, webp, gif or apng; got '{fmt}'.")
-    if not 1 <= scale <= 16:
+    if scale is not None and not 1 <= scale <= 16:
         raise UserError(f"--scale must be 1..16; got {scale}.")
     if fps is not None and not 0 < fps <= 120:
         raise UserError(f"--fps must be within 0..120 (GIF plays at most 50 fps in browsers); got {fps}.")
@@ -39,7 +39,11 @@ def sample_video(model, n: int | None, out_arg: str | None, label, seed, fps: fl
     with _sampling_progress(progress_bar, n, "clips") as update:
         clips = model.generate(n, seed=seed, labels=labels, progress=update, **options)
     record = model.record(seed, n=n, labels=labels, fps=fps, **options) if metadata else None
-    from genforge.media.video import save_filmstrip, write_clips
+    from genforge.media.video import mp4_scale, save_filmstrip, write_clips
+
+    mp4 = (as_dir and folder_fmt == "mp4") or (suffix == ".mp4" and not as_dir)
+    if scale is None:
+        scale = mp4_scale(*clips.shape[2:4]) if mp4 else 1
 
     if suffix == ".npy" and not as_dir:
         path.parent.mkdir(parents=True, exist_ok=True)

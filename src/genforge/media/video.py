@@ -42,6 +42,16 @@ MIME = {"mp4": "video/mp4", "webp": "image/webp", "gif": "image/gif", "apng": "i
 SUFFIX = {"mp4": ".mp4", "webp": ".webp", "gif": ".gif", "apng": ".apng"}
 
 
+MP4_MIN_SIDE = 64  # H.264 codes 16x16 macroblocks: a 32-px frame is four of them
+
+
+def mp4_scale(h: int, w: int) -> int:
+    """The smallest whole enlargement (nearest neighbour, recorded, undone by `decode_clip(native=True)` and by
+    `verify`) that writes an MP4's frames at least MP4_MIN_SIDE px a side. The keyed mark in 32-px frames did not
+    survive a re-encode at crf 28 (8-15% of clips found); written at 64 px, 100% (benchmarks/RESULTS.md, issue 28)."""
+    return min(16, max(1, math.ceil(MP4_MIN_SIDE / max(1, min(h, w)))))
+
+
 def check_clips(clips: np.ndarray) -> np.ndarray:
     """uint8 (T, H, W, C) or (N, T, H, W, C), C 1 or 3 -> (N, T, H, W, C)."""
     clips = np.asarray(clips)

@@ -327,14 +327,14 @@ def runner(name: str, gen, server: Server):
 
     def run(job: Job) -> dict[str, bytes]:
         from genforge.media import encode
-        from genforge.media.video import encode_clip, filmstrip
+        from genforge.media.video import encode_clip, filmstrip, mp4_scale
 
         q = job.params
         clips = gen.generate(1, seed=q["seed"], labels=q["label"], progress=job.report, **q["options"])
         clip = np.asarray(clips[0])
         extra = {k: v for k, v in q["options"].items() if k != "frames"}
         record = gen.record(q["seed"], label=q["label"], frames=int(clip.shape[0]), fps=q["fps"], **extra)
-        files = {"video": encode_clip(clip, "mp4", q["fps"], record, server.signer),
+        files = {"video": encode_clip(clip, "mp4", q["fps"], record, server.signer, scale=mp4_scale(*clip.shape[1:3])),
                  "thumbnail": encode(clip[0], "WEBP", record, server.signer),
                  "spritesheet": encode(filmstrip(clip[None]), "JPEG", record, server.signer)}
         server.metrics.video_seconds.labels(name).inc(clip.shape[0] / q["fps"])
