@@ -143,9 +143,11 @@ def text_row(run: Path, work: Path, a) -> dict:
     def onnx_step(m):
         def step(window):
             if m.gpt:
-                names = [i.name for i in m.session.get_inputs()[2:]]
+                names = [i.name for i in m.session.get_inputs() if i.name.startswith("past_key_values")]
                 c = m.family_config
                 past = {k: np.zeros((1, c["n_head"], 0, c["head_dim"]), np.float32) for k in names}
+                if any(i.name == "attention_mask" for i in m.session.get_inputs()):  # exports since issue 29
+                    past["attention_mask"] = np.ones((1, len(window)), np.int64)
                 return m.session.run(None, {"input_ids": np.array([window]), "position_ids": np.arange(len(window))[None],
                                             **past})[0][0]
             c = m.family_config

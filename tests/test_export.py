@@ -17,6 +17,7 @@ from genforge.cli import app
 from genforge.errors import UserError
 from genforge.export import export
 from genforge.runtime import load as load_export
+from genforge.text_jobs import joined
 from genforge.training import train, validate
 from tiny import tiny_config, tiny_lm_config
 
@@ -241,23 +242,33 @@ def music_exported(tmp_path_factory):
 @pytest.mark.parametrize("past", [0, 1, 5])
 def test_gpt_graph_with_past_matches_the_full_forward(text_exported, batch, past):
     """Optimum's layout at past length 0 (the prefill), 1 and more, batch 1 and more: the logits of T new
-    tokens given the cache of P earlier ones equal the full forward's."""
+    tokens given the cache of P earlier ones equal the full forward's. With batch 3 the last row starts 2
+    positions later, left-padded: its padding masked and its positions its own, it matches its own forward."""
     run, out = text_exported["gpt"]
     net, ex = genforge.load(run, precision="no").net, load_export(out)
-    ids = torch.randint(0, net.config.vocab_size, (batch, past + 3), generator=torch.Generator().manual_seed(past))
-    with torch.no_grad():
-        ref = net(ids)[0][:, past:].numpy()
+    width = past + 3
+    ids = torch.randint(0, net.config.vocab_size, (batch, width), generator=torch.Generator().manual_seed(past))
+    pad = np.array([0] * (batch - 1) + [2 if batch > 1 else 0])[:, None]
+    real = np.arange(width)[None] >= pad
+    positions, mask = np.where(real, np.arange(width)[None] - pad, 0), real.astype(np.int64)
     h, d = net.config.n_head, net.config.n_embd // net.config.n_head
-    names = ex.session.get_inputs()[2:]
+    assert [i.name for i in ex.session.get_inputs()[:3]] == ["input_ids", "position_ids", "attention_mask"]
+    names = ex.session.get_inputs()[3:]
     cache = {i.name: np.zeros((batch, h, 0, d), np.float32) for i in names}
     if past:
-        outs = ex.session.run(None, {"input_ids": ids[:, :past].numpy(), "position_ids": np.arange(past)[None].repeat(batch, 0),
-                                     **cache})
+        outs = ex.session.run(None, {"input_ids": ids[:, :past].numpy(), "position_ids": positions[:, :past],
+                                     "attention_mask": mask[:, :past], **cache})
         cache = {i.name: o for i, o in zip(names, outs[1:])}
-    outs = ex.session.run(None, {"input_ids": ids[:, past:].numpy(),
-                                 "position_ids": np.arange(past, past + 3)[None].repeat(batch, 0), **cache})
+    outs = ex.session.run(None, {"input_ids": ids[:, past:].numpy(), "position_ids": positions[:, past:],
+                                 "attention_mask": mask, **cache})
     assert outs[1].shape == (batch, h, past + 3, d)
-    np.testing.assert_allclose(outs[0], ref, atol=1e-4)
+    assert all(np.isfinite(o).all() for o in outs)  # a padded position attends to itself: no empty softmax
+    for b in range(batch):
+        with torch.no_grad():
+            ref = net(ids[b:b + 1, pad[b, 0]:])[0][0].numpy()  # the row's own tokens from position 0
+        cols = [j for j in range(past, width) if real[b, j]]
+        got = outs[0][b, [j - past for j in cols]]
+        np.testing.assert_allclose(got, ref[[j - pad[b, 0] for j in cols]], atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "lstm", "gru"])
@@ -278,6 +289,94 @@ def test_exported_language_models_generate_as_pytorch_does(text_exported, arch):
     assert streamed == text[:text.index(stop)] == model.generate("ROMEO:", max_new_tokens=60, temperature=0, stop=stop)
     with pytest.raises(UserError, match="top_p"):
         ex.generate("a", top_p=1.5)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_rows_of_different_lengths_generate_together_as_each_alone(text_exported, arch):
+    """One batch, one graph run per step: prompts of different lengths (one longer than the GPT's 32-token block)
+    and limits (rows leave mid-way) give each row the text it gets alone, greedy and sampled."""
+    ex = load_export(text_exported[arch][1])
+    prompts = ["a", "ROMEO:", "KING RICHARD III:\nNow is the winter of our discontent"]
+    limits = [70, 25, 50]
+    alone = [ex.generate(p, max_new_tokens=n, temperature=0) for p, n in zip(prompts, limits)]
+    jobs = [job for p, n in zip(prompts, limits) for job in ex.jobs([p], max_new_tokens=n, temperature=0)]
+    widths, run = [], ex.session.run
+    ex.session.run = lambda names, feed: widths.append(feed["input_ids"].shape) or run(names, feed)
+    assert joined(ex.run(jobs), 3) == alone
+    del ex.session.run
+    if arch == "gpt":  # one prefill, then one run per step for every row (and a run per slide of the long row)
+        decode = [w for w in widths if w[1] == 1]
+        assert widths[0] == (3, 32) and decode == [(3, 1)] * 24 + [(2, 1)] * 25 + [(1, 1)] * 20
+    jobs = [job for i, (p, n) in enumerate(zip(prompts, limits))
+            for job in ex.jobs([p], max_new_tokens=n, temperature=0.9, top_k=20, top_p=0.95, seed=i)]
+    assert joined(ex.run(jobs), 3) == [ex.generate(p, max_new_tokens=n, temperature=0.9, top_k=20, top_p=0.95, seed=i)
+                                       for i, (p, n) in enumerate(zip(prompts, limits))]
+
+
+@pytest.mark.parametrize("arch", ["gpt", "gru"])
+def test_engine_rows_join_and_leave_as_if_alone(text_exported, arch):
+    """The server's scheduler's view: a second row admitted after 5 steps, the first dropped after 10 (the second
+    then moves into its slot); each row's ids are those it gets alone."""
+    ex = load_export(text_exported[arch][1])
+    prompts = {"a": ex.tokenizer.encode("ROMEO:"), "b": ex.tokenizer.encode("KING RICHARD III:\nNow is")}
+
+    def job(seed):
+        return ex.jobs(["-"], temperature=0.9, top_k=20, seed=seed, mark=False)[0]
+
+    def alone(name, seed, n):
+        engine, ids = ex.engine(1), []
+        engine.admit([name], [job(seed)], [prompts[name]])
+        for _ in range(n):
+            ids += engine.sample([0], [])
+            engine.advance(ids[-1:])
+        return ids
+
+    engine, got = ex.engine(2), {"a": [], "b": []}
+    engine.admit(["a"], [job(1)], [prompts["a"]])
+    for step in range(40):  # b's window (32 tokens) slides on the way
+        if step == 5:
+            engine.admit(["b"], [job(2)], [prompts["b"]])
+        if step == 10:
+            engine.drop([engine.rows.index("a")])
+            assert engine.rows == ["b"]
+        new = engine.sample(list(range(len(engine.rows))), [])
+        for row, t in zip(engine.rows, new):
+            got[row].append(t)
+        engine.advance(new)
+    assert got == {"a": alone("a", 1, 10), "b": alone("b", 2, 35)}
+    with pytest.raises(ValueError, match="holds 2 rows"):
+        engine.admit(["c", "d"], [job(3), job(4)], [[1], [2]])
+
+
+def test_a_gpt_export_without_attention_mask_still_generates(text_exported, tmp_path, monkeypatch):
+    """Exports written before the attention mask: each row steps alone, with the same text."""
+    from genforge.methods.lm import LMMethod
+
+    graphs = LMMethod.onnx_graphs.__func__
+
+    class WithoutMask(torch.nn.Module):  # the decoder as exports before the mask had it
+        def __init__(self, decoder):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, input_ids, position_ids, *past):
+            width = past[0].shape[2] + input_ids.shape[1]
+            return self.decoder(input_ids, position_ids, torch.ones(input_ids.shape[0], width, dtype=torch.long), *past)
+
+    def old_graphs(cls, net):
+        g = graphs(cls, net)["decoder"]
+        del g.inputs["attention_mask"], g.dynamic["attention_mask"]
+        g.module = WithoutMask(g.module)
+        return {"decoder": g}
+
+    monkeypatch.setattr(LMMethod, "onnx_graphs", classmethod(old_graphs))
+    run, new = text_exported["gpt"]
+    old = load_export(export(run, tmp_path / "old"))
+    assert "attention_mask" not in {i.name for i in old.session.get_inputs()}
+    assert type(old.engine(2)).__name__ == "RowEngine"
+    prompts = ["a", "KING RICHARD III:\nNow is the winter of our discontent"]
+    assert old.generate(prompts, max_new_tokens=40, temperature=0) == load_export(new).generate(
+        prompts, max_new_tokens=40, temperature=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])
@@ -326,13 +425,16 @@ def test_a_fresh_environment_without_torch_generates_from_an_export(exported, te
     """The runtime's claim, tested: genforge installed without its torch dependencies, plus numpy, Pillow,
     onnxruntime, tokenizers and the CLI's typer and rich only, samples every exported family from Python and
     the CLI, inpaints and varies images; with the music extra's packages too, it composes tunes and renders them to
-    audio."""
+    audio; with the serve extra's, `genforge serve` of a text and an image export starts, answers and drains."""
+    from importlib import metadata
+
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    serve = [r.split(";")[0].strip() for r in metadata.requires("genforge") if 'extra == "serve"' in r]
     subprocess.run([*pip, "numpy", "pillow", "onnxruntime", "tokenizers", "typer", "rich", "music21", "mido",
-                    "symusic>=0.5.9,<0.6", "pretty_midi", "soundfile"], check=True, timeout=900)
+                    "symusic>=0.5.9,<0.6", "pretty_midi", "soundfile", *serve], check=True, timeout=900)
     subprocess.run([*pip, "--no-deps", str(ROOT)], check=True, timeout=600)
     exports = {name: str(out) for name, (_, out) in exported.items()}
     script = f"""
@@ -383,3 +485,60 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accel
     r = subprocess.run([str(env_dir / "bin" / "genforge"), "render", "tunes/tune-000.abc", "--out", "tune.wav"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
     assert r.returncode == 0 and (tmp_path / "tune.wav").stat().st_size > 10_000, r.stdout + r.stderr
+    gpt = str(text_exported["gpt"][1])
+    r = subprocess.run([str(py), "-c", f"import genforge.runtime as rt; print(repr(rt.load({gpt!r}).generate("
+                        "'ROMEO:', max_new_tokens=20, temperature=0.8, seed=7)))"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    _serve_without_torch(env_dir, {"gpt": gpt, "cddpm": exports["cddpm-flow"]}, eval(r.stdout), tmp_path, clean_env)
+
+
+def _serve_without_torch(env_dir, models: dict, want_text: str, cwd, env) -> None:
+    """`genforge serve` of exports in the torch-free environment, on a free loopback port: ready, a seeded
+    completion equal to the runtime's `generate`, images, then SIGTERM drains it and it exits."""
+    import base64
+    import io
+    import signal
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from PIL import Image
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(env_dir / "bin" / "genforge"), "serve", *(f"{k}={v}" for k, v in models.items()),
+                               "--port", str(port), "--log-level", "warning"],
+                              cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def post(route: str, body: dict) -> dict:
+        req = urllib.request.Request(base + route, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert r.status == 200
+            return json.loads(r.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, "the server did not get ready in 120 s"
+            time.sleep(0.3)
+        done = post("/v1/completions", {"model": "gpt", "prompt": "ROMEO:", "max_tokens": 20, "temperature": 0.8,
+                                        "seed": 7})
+        assert done["choices"][0]["text"] == want_text, (done, want_text)
+        made = post("/v1/images/generations", {"model": "cddpm", "n": 2, "seed": 5, "label": "4", "steps": 3})
+        images = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in made["data"]]
+        assert [i.size for i in images] == [(28, 28)] * 2
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out = server.communicate(timeout=60)[0]
+    assert server.returncode in (0, -signal.SIGTERM) and "Traceback" not in out, out  # uvicorn re-raises it

@@ -14,6 +14,7 @@ from genforge.media.text_mark import TextMark, TournamentMark
 from genforge.media.watermark import MarkKey
 from genforge.models.sampling import generate_ids, select_next_rows
 from genforge.runtime.text import ExportedTextModel, _select
+from genforge.runtime.text_engine import RowEngine
 from genforge.text_jobs import TextJob, joined
 from genforge.tokenizers import train_tokenizer
 from genforge.verification import _verify_text
@@ -152,7 +153,7 @@ class _Fixed:
 def _runtime_model(tok, logits):
     model = ExportedTextModel.__new__(ExportedTextModel)
     model.tokenizer, model.meta = tok, {}
-    model._row = lambda prompt: _BigramRow(logits, prompt)
+    model.engine = lambda capacity: RowEngine(lambda prompt: _BigramRow(logits, prompt), capacity)
     return model
 
 

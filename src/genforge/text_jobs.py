@@ -57,6 +57,54 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+class RowText:
+    """One job's text as its ids arrive (the part of `run_jobs` that is per row, so a scheduler whose rows join
+    and leave a running batch shares it): UTF-8-safe pieces, stop strings never handed out, cancellation, and the
+    job's token counts, finish reason and `ended` flag."""
+
+    def __init__(self, tokenizer: Tokenizer, job: TextJob):
+        self.job = job
+        self.stops = [job.stop] if isinstance(job.stop, str) else [s for s in (job.stop or []) if s]
+        self.decoder = StreamDecoder(tokenizer)
+        self.text = ""  # generated text so far
+        self.sent = 0  # how much of it was handed out; a stop string never starts before this
+        self.done = False
+        job.completion_tokens, job.finish_reason, job.ended = 0, None, False
+
+    def _first_stop(self) -> int:
+        return min((i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0), default=-1)
+
+    def push(self, ids: list[int]) -> bool:
+        """The row's ids so far (the newest last); True when the row must end (a stop string, or cancelled)."""
+        job = self.job
+        job.completion_tokens = len(ids)
+        self.text += self.decoder.push(ids[-1])
+        if self._first_stop() >= 0:
+            job.finish_reason = "stop"
+            return True
+        if job.cancelled is not None and job.cancelled():
+            job.finish_reason = "cancelled"
+            return True
+        return False
+
+    def take(self, final: bool = False) -> str | None:
+        """The text that may be handed out now; `final`: the row has ended, so all of it (None once taken)."""
+        if self.done:
+            return None
+        if final:
+            self.text += self.decoder.flush()
+        cut = self._first_stop()
+        if cut >= 0 or final:
+            self.done = self.job.ended = True
+            self.job.finish_reason = self.job.finish_reason or ("stop" if cut >= 0 else "length")
+            return self.text[self.sent:cut if cut >= 0 else None]
+        # Hold back the longest tail that could still grow into a stop string.
+        tail = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        piece = self.text[self.sent:len(self.text) - tail]
+        self.sent += len(piece)
+        return piece
+
+
 IdSteps = Callable[[list[list[int]], Callable[[int, list[int]], bool], list[int]], Iterator[list[int | None]]]
 
 
@@ -66,53 +114,16 @@ def run_jobs(tokenizer: Tokenizer, jobs: list[TextJob], id_steps: IdSteps) -> It
     `id_steps(prompt_ids, should_stop, banned_ids)` produces the ids (see the module docstring)."""
     if not jobs:
         raise UserError("Give at least one prompt.")
-    stops = [[job.stop] if isinstance(job.stop, str) else [s for s in (job.stop or []) if s] for job in jobs]
-    decoders = [StreamDecoder(tokenizer) for _ in jobs]
-    text = [""] * len(jobs)  # generated text so far, per row
-    sent = [0] * len(jobs)  # how much of it was handed out; a stop string never starts before this
-    done = [False] * len(jobs)
-
-    def first_stop(b: int) -> int:
-        return min((i for i in (text[b].find(s, sent[b]) for s in stops[b]) if i >= 0), default=-1)
-
-    def on_token(b: int, ids: list[int]) -> bool:  # called by `id_steps` for each new id of a row
-        jobs[b].completion_tokens = len(ids)
-        text[b] += decoders[b].push(ids[-1])
-        if first_stop(b) >= 0:
-            jobs[b].finish_reason = "stop"
-            return True
-        if jobs[b].cancelled is not None and jobs[b].cancelled():
-            jobs[b].finish_reason = "cancelled"
-            return True
-        return False
-
-    def take(b: int, final: bool) -> str | None:
-        if done[b]:
-            return None
-        cut = first_stop(b)
-        if cut >= 0 or final:
-            done[b] = jobs[b].ended = True
-            jobs[b].finish_reason = jobs[b].finish_reason or ("stop" if cut >= 0 else "length")
-            return text[b][sent[b]:cut if cut >= 0 else None]
-        # Hold back the longest tail that could still grow into a stop string.
-        tail = max((k for s in stops[b] for k in range(1, len(s)) if text[b].endswith(s[:k])), default=0)
-        piece = text[b][sent[b]:len(text[b]) - tail]
-        sent[b] += len(piece)
-        return piece
-
     ids = [prompt_ids(tokenizer, job.prompt) for job in jobs]
+    rows = [RowText(tokenizer, job) for job in jobs]
     for job, row in zip(jobs, ids):
-        job.prompt_tokens, job.completion_tokens, job.finish_reason, job.ended = len(row), 0, None, False
+        job.prompt_tokens = len(row)
     unk = tokenizer.unk_id  # stands for no character: it would only print as U+FFFD
-    for out in id_steps(ids, on_token, [] if unk is None else [unk]):
-        for b, job in enumerate(jobs):  # a row that has ended hands out its last piece now, not with the batch
-            if not done[b] and (out[b] is None or job.completion_tokens >= job.max_new_tokens):
-                text[b] += decoders[b].flush()
-        yield [take(b, final=out[b] is None or jobs[b].completion_tokens >= jobs[b].max_new_tokens)
-               for b in range(len(jobs))]
-    for b in range(len(jobs)):
-        text[b] += decoders[b].flush()
-    yield [take(b, final=True) for b in range(len(jobs))]
+    for out in id_steps(ids, lambda b, row_ids: rows[b].push(row_ids), [] if unk is None else [unk]):
+        # a row that has ended hands out its last piece now, not with the batch
+        yield [row.take(final=out[b] is None or row.job.completion_tokens >= row.job.max_new_tokens)
+               for b, row in enumerate(rows)]
+    yield [row.take(final=True) for row in rows]
 
 
 def joined(steps: Iterator[list[str | None]], rows: int) -> list[str]:

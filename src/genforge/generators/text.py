@@ -85,6 +85,12 @@ class TextGenerator(_Generator):
 
         yield from run_jobs(self.tokenizer, jobs, id_steps)
 
+    def engine(self, capacity: int):
+        """A running batch of up to `capacity` rows that join and leave between steps (the server's scheduler)."""
+        from genforge.generators.text_engine import TorchTextEngine
+
+        return TorchTextEngine(self._net_in(self.dtype), capacity, self.dtype)
+
     def jobs(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None, stop: list[str] | str | None = None,
              mark: bool = True) -> list[TextJob]:

@@ -269,9 +269,10 @@ class LMMethod(Method):
             c = net.config
             past = {f"past_key_values.{i}.{kv}": torch.zeros(2, c.n_head, 4, c.n_embd // c.n_head)
                     for i in range(c.n_layer) for kv in ("key", "value")}
-            inputs = {"input_ids": ids, "position_ids": torch.arange(4, 7).expand(2, 3), **past}
+            inputs = {"input_ids": ids, "position_ids": torch.arange(4, 7).expand(2, 3),
+                      "attention_mask": torch.ones(2, 7, dtype=torch.long), **past}
             dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
-                       **{k: {0: "batch", 2: "past"} for k in past}}
+                       "attention_mask": {0: "batch", 1: "past_sequence"}, **{k: {0: "batch", 2: "past"} for k in past}}
             outputs = ["logits", *(f"present.{i}.{kv}" for i in range(c.n_layer) for kv in ("key", "value"))]
             return {"decoder": OnnxGraph(GPTWithPast(net), inputs, outputs, dynamic, may_be_empty=("past",), int8="dynamic")}
         c = net.config

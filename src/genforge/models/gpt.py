@@ -51,21 +51,30 @@ class KVCache:
     layer and written in place, so a decode step never reallocates or concatenates.
 
     Allocation waits for the first write so the cache takes the dtype the layers actually produce
-    (bf16 under autocast, the parameter dtype otherwise).
+    (bf16 under autocast, the parameter dtype otherwise). `rows(a, b)` is a view of some batch rows (a
+    server's running batch uses the first B of its slots); it allocates in, and writes through to, the whole.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, block_size: int, head_dim: int):
         self.shape = (batch_size, n_head, block_size, head_dim)
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.parent: tuple[KVCache, int, int] | None = None
+
+    def _tensors(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.parent is not None:
+            whole, a, b = self.parent
+            ck, cv = whole._tensors(layer, like)
+            return ck[a:b], cv[a:b]
+        if self.k[layer] is None:
+            self.k[layer] = torch.zeros(self.shape, dtype=like.dtype, device=like.device)
+            self.v[layer] = torch.zeros(self.shape, dtype=like.dtype, device=like.device)
+        return self.k[layer], self.v[layer]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor, end: int):
         """Write new keys/values at `pos` (an int for all rows, or a (B,) tensor of per-row positions
         for one new token each) and return the cached keys/values of positions [0, end)."""
-        if self.k[layer] is None:
-            self.k[layer] = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v[layer] = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        ck, cv = self.k[layer], self.v[layer]
+        ck, cv = self._tensors(layer, k)
         if isinstance(pos, int):
             ck.narrow(2, pos, k.size(2)).copy_(k)
             cv.narrow(2, pos, v.size(2)).copy_(v)
@@ -75,12 +84,23 @@ class KVCache:
             cv[rows, :, pos] = v[:, :, 0]
         return ck.narrow(2, 0, end), cv.narrow(2, 0, end)
 
-    def row(self, b: int) -> KVCache:
-        """A view of one batch row; writing through it writes the shared cache."""
-        view = KVCache(len(self.k), 1, *self.shape[1:])
-        view.k = [None if t is None else t[b:b + 1] for t in self.k]
-        view.v = [None if t is None else t[b:b + 1] for t in self.v]
+    def rows(self, a: int, b: int) -> KVCache:
+        """A view of batch rows [a, b); writing through it writes the shared cache."""
+        if self.parent is not None:
+            whole, start, _ = self.parent
+            return whole.rows(start + a, start + b)
+        view = KVCache(len(self.k), b - a, *self.shape[1:])
+        view.parent = (self, a, b)
         return view
+
+    def row(self, b: int) -> KVCache:
+        return self.rows(b, b + 1)
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row `src`'s keys and values into row `dst` (a slot freed in a running batch)."""
+        for t in (*self.k, *self.v):
+            if t is not None:
+                t[dst].copy_(t[src])
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -246,27 +266,33 @@ class GPT(nn.Module):
         c = self.config
         return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
 
-    def generation_session(self, prompts: list[list[int]], use_cache: bool = True) -> GPTSession:
-        return GPTSession(self, prompts, use_cache)
+    def generation_session(self, prompts: list[list[int]], use_cache: bool = True,
+                           capacity: int | None = None) -> GPTSession:
+        return GPTSession(self, prompts, use_cache, capacity)
 
 
 class GPTWithPast(nn.Module):
     """The GPT with its KV cache as explicit inputs and outputs, in Hugging Face Optimum's layout: input_ids and
-    position_ids (B, T) and past_key_values.{i}.key / .value (B, n_head, P, head_dim) in; logits (B, T, vocab)
-    and present.{i}.key / .value (B, n_head, P + T, head_dim) out. What `genforge export` writes for a runtime
-    to step: P = 0 is the prefill, T = 1 a decode step. Every row has the same past length."""
+    position_ids (B, T), attention_mask (B, P + T: 1 a real position, 0 padding) and past_key_values.{i}.key /
+    .value (B, n_head, P, head_dim) in; logits (B, T, vocab) and present.{i}.key / .value (B, n_head, P + T,
+    head_dim) out. What `genforge export` writes for a runtime to step: P = 0 is the prefill, T = 1 a decode step.
+    Rows of different lengths share a run left-padded: padded keys are masked and position_ids count each row's
+    own positions. A padded position attends to itself alone: an empty softmax row would be NaN, and its keys
+    would then carry the NaN into every later step of the row even where masked."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
         self.gpt = gpt
 
-    def forward(self, input_ids, position_ids, *past):
+    def forward(self, input_ids, position_ids, attention_mask, *past):
         g = self.gpt
         x = g.wte(input_ids) + g.wpe(position_ids)
         B, T, C = x.shape
         P = past[0].shape[2]
-        keys = torch.arange(P + T, device=x.device)
-        mask = keys.view(1, -1) <= (P + torch.arange(T, device=x.device)).view(-1, 1)  # causal, after the past
+        keys = torch.arange(P + T, device=x.device).view(1, -1)
+        queries = (P + torch.arange(T, device=x.device)).view(-1, 1)
+        real = attention_mask.bool().view(B, 1, 1, P + T)
+        mask = (keys <= queries) & real | (keys == queries)  # (B, 1, T, P + T): causal, real keys, and itself
         presents = []
         for i, block in enumerate(g.h):
             attn = block.attn
@@ -284,34 +310,76 @@ class GPTSession:
     how many positions of its KV cache are filled. `logits` holds every row's next-token logits;
     `push(tokens)` appends one token per row and refreshes them. Rows may have different lengths:
     prompts are right-padded for the prefill and afterwards each row writes at its own position.
+
+    With a `capacity`, rows also join (`add`, prefilled into the next free slots) and leave (`drop`) between
+    steps: the KV cache is one padded block of `capacity` slots, the running rows always the first B of them
+    (a leaving row's slot is refilled by moving the last row into it), so a decode step reads B rows and no
+    paging is needed (docs/design-notes.md, "Serving at in-process speed").
     """
 
-    def __init__(self, model: GPT, prompts: list[list[int]], use_cache: bool = True):
-        if not prompts or any(len(p) == 0 for p in prompts):
+    def __init__(self, model: GPT, prompts: list[list[int]], use_cache: bool = True, capacity: int | None = None):
+        if (not prompts and capacity is None) or any(len(p) == 0 for p in prompts):
             raise UserError("Every prompt needs at least one token. Fix: start from a non-empty prompt "
                             "(e.g. a newline encoded with the model's tokenizer).")
         self.model, self.use_cache = model, use_cache
         self.block = model.config.block_size
         self.keep = max(1, self.block // 2)
         self.device = model.wte.weight.device
-        self.tokens = [list(p) for p in prompts]
-        self.start = [max(0, len(p) - self.block) for p in prompts]  # long prompts keep their last block
-        self.cache = model.new_kv_cache(len(prompts)) if use_cache else None
+        self.capacity = len(prompts) if capacity is None else capacity
+        self.cache = model.new_kv_cache(self.capacity) if use_cache else None
         self.weights = model.decode_weights() if use_cache else None
-        self.filled = [0] * len(prompts)  # cached positions per row
-        self.logits = self._forward_windows(self.cache)
+        self.tokens: list[list[int]] = []
+        self.start: list[int] = []
+        self.filled: list[int] = []  # cached positions per row
+        self.logits = torch.zeros((0, model.config.vocab_size), device=self.device)
+        self.add(prompts)
 
-    def _forward_windows(self, cache: KVCache | None) -> torch.Tensor:
-        """Run every row's whole window (right-padded into one batch) and return the logits at each
-        row's last token; with a cache, the windows' keys/values are written from position 0."""
-        windows = [tokens[start:] for tokens, start in zip(self.tokens, self.start)]
+    def add(self, prompts: list[list[int]]) -> None:
+        """Rows joining the batch: appended after the running ones, their windows prefilled (one batch)."""
+        if not prompts:
+            return
+        if any(len(p) == 0 for p in prompts):
+            raise UserError("Every prompt needs at least one token.")
+        first = len(self.tokens)
+        if first + len(prompts) > self.capacity:
+            raise UserError(f"{first + len(prompts)} rows do not fit a session of {self.capacity}.")
+        self.tokens += [list(p) for p in prompts]
+        self.start += [max(0, len(p) - self.block) for p in prompts]  # long prompts keep their last block
+        self.filled += [0] * len(prompts)
+        rows = range(first, len(self.tokens))
+        cache = None if self.cache is None else self.cache.rows(first, len(self.tokens))
+        new = self._forward_windows(rows, cache)
+        self.logits = new if first == 0 else torch.cat([self.logits, new.to(self.logits.dtype)])
+
+    def drop(self, rows: list[int]) -> list[int]:
+        """Rows leaving the batch: each freed slot takes the batch's last row (its cache copied). Returns the
+        new order as old row indices, so a caller can reorder what it keeps per row the same way."""
+        order = list(range(len(self.tokens)))
+        for b in sorted(set(rows), reverse=True):
+            last = order.pop()
+            if b != len(order):  # b is not the last slot: the last row moves into it
+                order[b] = last
+                if self.cache is not None:
+                    self.cache.move(last, b)
+        self.tokens = [self.tokens[i] for i in order]
+        self.start = [self.start[i] for i in order]
+        self.filled = [self.filled[i] for i in order]
+        self.logits = self.logits[order]
+        return order
+
+    def _forward_windows(self, rows, cache: KVCache | None) -> torch.Tensor:
+        """Run the whole window of each of `rows` (right-padded into one batch) and return the logits at each
+        row's last token; with a cache (a view of those rows), the windows' keys/values are written from
+        position 0."""
+        windows = [self.tokens[b][self.start[b]:] for b in rows]
         lengths = [len(w) for w in windows]
         width = max(lengths)
         idx = torch.tensor([w + [0] * (width - len(w)) for w in windows], device=self.device)
         h = self.model.hidden(idx, cache, 0)  # padding sits after each row's tokens: causal keeps it unseen
         last = h[torch.arange(len(windows), device=self.device), torch.tensor(lengths, device=self.device) - 1]
         if cache is not None:
-            self.filled = lengths
+            for b, n in zip(rows, lengths):
+                self.filled[b] = n
         return F.linear(last, self.model.wte.weight)
 
     def _slide(self, b: int) -> None:
@@ -324,7 +392,7 @@ class GPTSession:
             if len(self.tokens[b]) - self.start[b] > self.block:
                 self._slide(b)
         if not self.use_cache:
-            self.logits = self._forward_windows(None)
+            self.logits = self._forward_windows(range(len(self.tokens)), None)
             return self.logits
         # Rows whose window slid get their cache recomputed from the window minus its newest token
         # (which the batched step below then feeds like every other row's).
@@ -334,7 +402,8 @@ class GPTSession:
         pos = self.filled
         idx = torch.tensor(new_tokens, device=self.device).view(-1, 1)
         start = pos[0] if all(p == pos[0] for p in pos) else torch.tensor(pos, device=self.device)
-        self.logits = self.model.decode_step(idx, self.cache, start, self.weights)
+        cache = self.cache if len(self.tokens) == self.capacity else self.cache.rows(0, len(self.tokens))
+        self.logits = self.model.decode_step(idx, cache, start, self.weights)
         self.filled = [p + 1 for p in pos]
         return self.logits
 

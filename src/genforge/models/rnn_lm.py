@@ -92,8 +92,9 @@ class RNNLM(nn.Module):
         last = out[torch.arange(len(sequences), device=device), torch.tensor(lengths, device=device) - 1]
         return self.logits(last), state
 
-    def generation_session(self, prompts: list[list[int]], use_cache: bool = True) -> RNNSession:
-        return RNNSession(self, prompts, use_cache)
+    def generation_session(self, prompts: list[list[int]], use_cache: bool = True,
+                           capacity: int | None = None) -> RNNSession:
+        return RNNSession(self, prompts, use_cache, capacity)
 
 
 class RNNWithState(nn.Module):
@@ -112,16 +113,54 @@ class RNNWithState(nn.Module):
 
 class RNNSession:
     """One batched generation. With `use_cache` the recurrent state is carried (one step per token);
-    without, every step reruns each row's whole history, which is only useful as a reference."""
+    without, every step reruns each row's whole history, which is only useful as a reference. With a
+    `capacity`, rows join (`add`) and leave (`drop`) between steps, as `gpt.GPTSession`'s do."""
 
-    def __init__(self, model: RNNLM, prompts: list[list[int]], use_cache: bool = True):
-        if not prompts or any(len(p) == 0 for p in prompts):
+    def __init__(self, model: RNNLM, prompts: list[list[int]], use_cache: bool = True, capacity: int | None = None):
+        if (not prompts and capacity is None) or any(len(p) == 0 for p in prompts):
             raise UserError("Every prompt needs at least one token. Fix: start from a non-empty prompt "
                             "(e.g. a newline encoded with the model's tokenizer).")
         self.model, self.use_cache = model, use_cache
+        self.capacity = len(prompts) if capacity is None else capacity
         self.device = model.embed.weight.device
-        self.tokens = [list(p) for p in prompts]
-        self.logits, self.state = model.run_ragged(self.tokens)
+        self.tokens: list[list[int]] = []
+        self.logits, self.state = None, None
+        self.add(prompts)
+
+    def add(self, prompts: list[list[int]]) -> None:
+        if not prompts:
+            return
+        if any(len(p) == 0 for p in prompts):
+            raise UserError("Every prompt needs at least one token.")
+        if len(self.tokens) + len(prompts) > self.capacity:
+            raise UserError(f"{len(self.tokens) + len(prompts)} rows do not fit a session of {self.capacity}.")
+        self.tokens += [list(p) for p in prompts]
+        logits, state = self.model.run_ragged([list(p) for p in prompts])
+        if self.logits is None or len(self.logits) == 0:
+            self.logits, self.state = logits, state
+            return
+        self.logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
+        if isinstance(state, tuple):
+            self.state = tuple(torch.cat([a, b.to(a.dtype)], 1) for a, b in zip(self.state, state))
+        else:
+            self.state = torch.cat([self.state, state.to(self.state.dtype)], 1)
+
+    def drop(self, rows: list[int]) -> list[int]:
+        """Rows leaving the batch (the last row moves into each freed slot); returns the new order as old
+        row indices."""
+        order = list(range(len(self.tokens)))
+        for b in sorted(set(rows), reverse=True):
+            last = order.pop()
+            if b != len(order):
+                order[b] = last
+        self.tokens = [self.tokens[i] for i in order]
+        self.logits = self.logits[order]
+        index = torch.tensor(order, dtype=torch.long, device=self.device)
+        if isinstance(self.state, tuple):
+            self.state = tuple(s.index_select(1, index) for s in self.state)
+        else:
+            self.state = self.state.index_select(1, index)
+        return order
 
     def push(self, new_tokens: list[int]) -> torch.Tensor:
         for row, t in zip(self.tokens, new_tokens):
