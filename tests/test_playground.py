@@ -6,6 +6,7 @@ text, then a number read aloud into the audio player, then a tune shown as text 
 """
 
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import tiny_config, tiny_lm_config  # noqa: E402
 
 KEY = "sk-playground-test-0123456789"
+MARK_KEY = "playground-mark-key-0123456789"  # the server marks what it makes, as a deployment would
 N_IMAGES = 4
 TIMEOUT_MS = 60_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -85,7 +87,8 @@ def server(tmp_path_factory):
     log = root / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "genforge.cli", "serve", *served, "--host", "127.0.0.1",
-                                 "--port", str(port), "--api-key-file", str(keyfile)], stdout=out, stderr=subprocess.STDOUT)
+                                 "--port", str(port), "--api-key-file", str(keyfile)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "GENFORGE_MARK_KEY": MARK_KEY})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log)
@@ -167,7 +170,11 @@ def test_images_then_streamed_text(server, page):
     chunks = int(page.get_attribute("#output", "data-chunks"))
     assert streamed and chunks > 1, (chunks, streamed)
     status = page.text_content("#status")
-    assert re.search(r"^finish reason: (length|stop) · \d+ prompt \+ \d+ completion tokens · [\d.]+ s$", status), status
+    # the page says what the API's last event says: the text carries the keyed mark
+    assert re.search(r"^finish reason: (length|stop) · \d+ prompt \+ \d+ completion tokens · carries the keyed text "
+                     r"mark \(key [0-9a-f]+\) · [\d.]+ s$", status), status
+    marked = json.loads(page.get_attribute("#output", "data-provenance"))
+    assert marked["mark"] and marked["mark_scheme"] == "text-tournament" and marked["seed"] == 2
     expect(page.locator("#generate")).to_be_enabled()
     expect(page.locator("#stop-button")).to_be_disabled()
 
@@ -176,8 +183,9 @@ def test_images_then_streamed_text(server, page):
     page.click("#generate")
     page.wait_for_function("['done', 'error', 'stopped'].includes(document.querySelector('#output').dataset.state)")
     expect(page.locator("#error")).to_be_hidden()
-    assert page.text_content("#output")
-    assert re.search(r"\d+ prompt \+ \d+ completion tokens", page.text_content("#status"))
+    assert page.text_content("#output") == streamed  # one text per seed, streamed or not
+    assert re.search(r"\d+ prompt \+ \d+ completion tokens · carries the keyed text mark", page.text_content("#status"))
+    assert json.loads(page.get_attribute("#output", "data-provenance"))["mark"] == marked["mark"]
     page.check("#stream")
 
     if os.environ.get("GENFORGE_SCREENSHOT"):

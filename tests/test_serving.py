@@ -182,6 +182,7 @@ def test_streaming_sends_the_same_text_in_pieces_then_done(models):
     assert len(chunks) > 10  # pieces, not one blob
     assert texts == [ch["text"] for ch in whole["choices"]] and reasons == ["length", "length"]
     assert chunks[-1]["usage"] == whole["usage"] and chunks[-1]["choices"] == []
+    assert chunks[-1]["provenance"] == {**whole["provenance"], "created": chunks[-1]["provenance"]["created"]}
 
 
 def test_images_are_pngs_reproducible_by_seed_with_labels_and_options(models):
@@ -234,9 +235,10 @@ def test_batching_merges_requests_without_changing_any_result(models):
     for e, g in zip(expected, got):
         key = "choices" if "choices" in e else "data"
         assert [_content(x) for x in g[key]] == [_content(x) for x in e[key]]
-    # and they really were merged: fewer batches than requests, some with several rows
+    # and they really were merged: text rows shared decode steps (more rows per step than one on average)
     count = float(m.split('genforge_batch_rows_count{model="txt"} ')[1].split()[0])
-    assert count < len(texts)
+    rows = float(m.split('genforge_batch_rows_sum{model="txt"} ')[1].split()[0])
+    assert rows == sum(body["max_tokens"] for _, body in texts) and rows / count > 1.5
     assert 'genforge_batch_rows_bucket{le="1.0",model="txt"}' in m
 
 

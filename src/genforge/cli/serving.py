@@ -24,10 +24,18 @@ def serve(
     api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line: clients must send "
                                                            "`Authorization: Bearer KEY` on every /v1 route. Keys can "
                                                            "also come from GENFORGE_API_KEYS (comma-separated)."),
-    max_batch: int = typer.Option(32, min=1, help="Most rows (images, or text choices) merged into one forward "
-                                                  "pass; also the most one request may ask for."),
-    max_wait_ms: float = typer.Option(10.0, min=0, help="How long a batch waits for more requests to join."),
+    max_batch: int = typer.Option(32, min=1, help="Most rows merged into one forward pass: images per batch, or text "
+                                                  "choices per decode step (rows join and leave a running text "
+                                                  "batch between steps); also the most one request may ask for."),
+    max_wait_ms: float = typer.Option(10.0, min=0, help="How long an image or speech batch waits for more requests "
+                                                        "to join (text rows join a running batch at the next step)."),
     max_queue: int = typer.Option(64, min=1, help="Requests waiting per model; beyond it, 429 with Retry-After."),
+    max_queue_wait: float = typer.Option(0.0, min=0, help="Admission: refuse (429, Retry-After from the estimate) a "
+                                                          "request whose estimated wait before it starts is over "
+                                                          "this many seconds. 0: the request's own estimated "
+                                                          "running time (text) or two full batches' time (images)."),
+    encode_workers: int = typer.Option(0, min=0, help="Threads that mark, encode and sign images off the event "
+                                                      "loop; 0: one per core."),
     timeout: float = typer.Option(120.0, min=1, help="Seconds a request may take, queue included (then 504)."),
     max_tokens: int = typer.Option(1024, min=1, help="Largest max_tokens a completion may ask for."),
     max_images: int = typer.Option(64, min=1, help="Most images per request (also capped by --max-batch)."),
@@ -61,8 +69,9 @@ def serve(
     read aloud as WAV, FLAC, MP3 or PCM), POST /v1/videos (video models: a job; GET /v1/videos/{id} for its
     status and progress, GET /v1/videos/{id}/content for the MP4, thumbnail or spritesheet, GET /v1/videos to list,
     DELETE to cancel), GET /healthz, /readyz, /metrics
-    (Prometheus), /docs (OpenAPI). Concurrent requests for a model are batched; SIGTERM drains requests in
-    flight before exiting. Needs the `serve` extra: pip install 'genforge[serve]'.
+    (Prometheus), /docs (OpenAPI). Text rows join and leave a running batch between decode steps; image and
+    speech requests are batched; a request whose estimated wait is over the bound gets 429 with Retry-After;
+    SIGTERM drains requests in flight before exiting. Needs the `serve` extra: pip install 'genforge[serve]'.
     """
     try:
         from genforge.serving.app import ServeSettings
@@ -83,6 +92,7 @@ def serve(
             raise UserError(str(e)) from None
         os.environ[KEY_FILE_ENV] = str(mark_key.resolve())  # the worker processes read it too
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
+                             max_queue_wait_s=max_queue_wait, encode_workers=encode_workers,
                              max_tokens=max_tokens, max_images=max_images, max_image_calls=max_image_calls,
                              max_audio_calls=max_audio_calls, max_input_chars=max_input_chars,
                              max_video_queue=max_video_queue, max_video_frames=max_video_frames,

@@ -154,25 +154,27 @@ class ImageGenerator(ImageEditing, _Generator):
         return ImageJob(n, options, drawn, self.method.network_calls(self.net, n, **options))
 
     @torch.no_grad()
-    def run(self, jobs: list[ImageJob], progress=None) -> list[np.ndarray]:
+    def run(self, jobs: list[ImageJob], progress=None, mark: bool = True) -> list[np.ndarray]:
         """Render several jobs (with equal options) in one forward pass: each job's images are those
         `generate` gives for the same n, seed, labels and options, whatever shares the batch.
-        `progress(done, total)` after each network call of a multi-step sampler."""
+        `progress(done, total)` after each network call of a multi-step sampler. `mark=False`: leave the keyed
+        mark to the caller (`image_mark.embed`; a server does it on its encoding pool, off the model's thread)."""
         if not jobs:
             return []
         if any(job.options != jobs[0].options for job in jobs):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
-        return self._render([job.drawn for job in jobs], jobs[0].options, progress)
+        return self._render([job.drawn for job in jobs], jobs[0].options, progress, mark)
 
     def _marked(self, images: np.ndarray) -> np.ndarray:
         mark = self.image_mark
         return mark.embed(images) if mark is not None else images
 
-    def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
+    def _render(self, draws: list[dict], options: dict, progress=None, mark: bool = True) -> list[np.ndarray]:
         drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
         with self._autocast(self.dtype):
             x = self.method.render(self.net, drawn, self.device, **options, **({"progress": progress} if progress else {}))
-        images = self._marked(from_model_range(x.float()).cpu().numpy())
+        images = from_model_range(x.float()).cpu().numpy()
+        images = self._marked(images) if mark else images
         sizes = [len(next(iter(d.values()))) for d in draws]
         return np.split(images, np.cumsum(sizes)[:-1])
 

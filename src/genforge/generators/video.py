@@ -60,11 +60,12 @@ class VideoGenerator(ImageGenerator):
 
         return mark_clips(self.image_mark, clips)
 
-    def _render(self, draws: list[dict], options: dict, progress=None) -> list[np.ndarray]:
+    def _render(self, draws: list[dict], options: dict, progress=None, mark: bool = True) -> list[np.ndarray]:
         drawn = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
         with self._autocast(self.dtype):
             x = self.method.render(self.net, drawn, self.device, **options, **({"progress": progress} if progress else {}))
-        clips = self._marked(clips_from_model_range(x))
+        clips = clips_from_model_range(x)
+        clips = self._marked(clips) if mark else clips
         sizes = [len(next(iter(d.values()))) for d in draws]
         return np.split(clips, np.cumsum(sizes)[:-1])
 

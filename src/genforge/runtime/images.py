@@ -134,11 +134,11 @@ class ExportedImageModel(_Editing, ExportedMarking):
         self._noise_shape()
         return self.family.invert(np.asarray(x, np.float32), steps)
 
-    def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
+    def render(self, drawn: dict[str, np.ndarray], progress=None, mark: bool = True, **options) -> np.ndarray:
         """uint8 (N, H, W, C) images from drawn inputs (the parity tests pass the torch path's noise here)."""
         x = self.family.render(drawn, progress, **self._options(options))
-        images, mark = _to_uint8(x), self.image_mark
-        return mark.embed(images) if mark is not None else images
+        images, key = _to_uint8(x), self.image_mark
+        return key.embed(images) if key is not None and mark else images
 
     def network_calls(self, n: int, **options) -> int:
         return self.family.network_calls(n, **self._options(options))
@@ -149,18 +149,19 @@ class ExportedImageModel(_Editing, ExportedMarking):
         drawn = self.draw(n, seed, labels, **options)
         return ImageJob(n, options, drawn, self.family.network_calls(n, **options))
 
-    def run(self, jobs: list[ImageJob]) -> list[np.ndarray]:
-        """Render jobs with equal options in one pass: each job gets the images it would get alone."""
+    def run(self, jobs: list[ImageJob], mark: bool = True) -> list[np.ndarray]:
+        """Render jobs with equal options in one pass: each job gets the images it would get alone. `mark=False`:
+        leave the keyed mark to the caller (a server marks on its encoding pool)."""
         if not jobs:
             return []
         if any(job.options != jobs[0].options for job in jobs):
             raise UserError("Jobs rendered together must have the same options; render the others separately.")
         drawn = {k: np.concatenate([job.drawn[k] for job in jobs]) for k in jobs[0].drawn}
         if "task" in jobs[0].options:  # edits: their options were checked by edit_job
-            x, mark = _to_uint8(self.family.render(drawn, None, **jobs[0].options)), self.image_mark
-            images = mark.embed(x) if mark is not None else x
+            x, key = _to_uint8(self.family.render(drawn, None, **jobs[0].options)), self.image_mark
+            images = key.embed(x) if key is not None and mark else x
         else:
-            images = self.render(drawn, **jobs[0].options)
+            images = self.render(drawn, mark=mark, **jobs[0].options)
         return np.split(images, np.cumsum([job.n for job in jobs])[:-1])
 
     def generate(self, n: int, seed: int | None = None, labels=None, batch_size: int = 500, progress=None,

@@ -20,10 +20,12 @@ class ExportedVideoModel(ExportedImageModel):
         self.frames, self.fps = int(video["frames"]), float(video["fps"])
         self.clip_shape = (self.frames, *self.image_shape)
 
-    def render(self, drawn: dict[str, np.ndarray], progress=None, **options) -> np.ndarray:
-        """uint8 (N, T, H, W, C) clips from drawn inputs, the keyed mark in every frame."""
+    def render(self, drawn: dict[str, np.ndarray], progress=None, mark: bool = True, **options) -> np.ndarray:
+        """uint8 (N, T, H, W, C) clips from drawn inputs, the keyed mark in every frame (unless `mark=False`)."""
         x = np.nan_to_num(np.asarray(self.family.render(drawn, progress, **self._options(options)), np.float32), nan=0.0)
         clips = np.ascontiguousarray(np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 1, 3, 4, 2))
+        if not mark:
+            return clips
         from genforge.media.clip_mark import mark_clips
 
         return mark_clips(self.image_mark, clips)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -64,6 +65,8 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
+        server.pool = ThreadPoolExecutor(max_workers=s.encode_workers or os.cpu_count() or 1,
+                                         thread_name_prefix="genforge-encode")
         own = server.new_batchers()
         for b in own.values():
             b.start()
@@ -77,6 +80,7 @@ def create_app(models: dict, settings: ServeSettings | None = None) -> FastAPI:
         state["ready"] = False
         for b in own.values():  # this lifespan's: a test harness may run the app's lifespan more than once
             await b.stop()
+        server.pool.shutdown(wait=True)
         if jobs is not None:
             await jobs.stop()
 

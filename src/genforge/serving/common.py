@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -19,6 +21,7 @@ from genforge.serving import protocol as p
 from genforge.serving.auth import authorized
 from genforge.serving.batching import Batcher, Pending, QueueFull
 from genforge.serving.metrics import Metrics
+from genforge.serving.scheduler import TextScheduler
 
 # the route that serves each modality (named in the 400 for a model sent to another modality's route)
 ROUTES = {"text": "/v1/completions", "image": "/v1/images/generations", "audio": "/v1/audio/speech",
@@ -32,6 +35,10 @@ class ServeSettings:
     max_batch: int = 32  # rows (images, text choices or spoken digits) per forward pass; also the most one request may ask for
     max_wait_ms: float = 10.0  # how long a batch waits for company
     max_queue: int = 64  # requests waiting per model before 429
+    # admission by estimated wait: a request whose estimated wait before it starts exceeds this is refused (429 with
+    # Retry-After); 0 = the request's own estimated running time (text) or two full batches' time (images, speech)
+    max_queue_wait_s: float = 0.0
+    encode_workers: int = 0  # threads that encode, mark and sign results off the event loop; 0 = one per core
     timeout_s: float = 120.0  # per request, queue wait included
     max_body_bytes: int = 2 * 1024 * 1024
     max_n: int = 16  # choices per prompt
@@ -171,15 +178,26 @@ class Server:
 
     def __init__(self, models: dict, settings: ServeSettings, metrics: Metrics, signer=None):
         self.models, self.settings, self.metrics, self.signer = models, settings, metrics, signer
-        self.batchers: dict[str, Batcher] = {}
+        self.batchers: dict[str, Batcher | TextScheduler] = {}
+        self.pool: ThreadPoolExecutor | None = None  # encoding, marks and provenance, off the event loop
         self.jobs = None  # the video job store (jobs.JobStore), set by routes/videos.py; started by the lifespan
         self.created = int(time.time())
 
-    def new_batchers(self) -> dict[str, Batcher]:
+    def new_batchers(self) -> dict[str, Batcher | TextScheduler]:
+        """Text and music: a step-level scheduler; images and speech: a batcher; video: jobs (routes/videos.py)."""
         s = self.settings
-        return {name: Batcher(name, gen, s.max_batch, s.max_wait_ms / 1000,
-                              s.max_queue, self.metrics)
-                for name, gen in self.models.items() if gen.modality != "video"}  # video: jobs, not batches
+
+        def one(name, gen):
+            if gen.modality in ("text", "music"):  # a music model is a text model
+                return TextScheduler(name, gen, s.max_batch, s.max_queue, self.metrics, s.max_queue_wait_s)
+            return Batcher(name, gen, s.max_batch, s.max_wait_ms / 1000, s.max_queue, self.metrics, s.max_queue_wait_s)
+
+        return {name: one(name, gen) for name, gen in self.models.items() if gen.modality != "video"}
+
+    async def off_loop(self, fn, *args):
+        """`fn(*args)` on the encoding pool (PNG/WebP/WAV encoding, marks, provenance): the event loop keeps
+        answering while it runs."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def require_key(self, request: Request) -> None:
         """The dependency of every /v1 route."""
@@ -222,8 +240,10 @@ class Server:
             self.batchers[name].submit(pending)
         except QueueFull as e:
             self.metrics.rejected.labels(name).inc()
+            # Retry-After in whole seconds (HTTP's), retry-after-ms exact (OpenAI's clients read it first)
             raise ApiError(429, str(e), "rate_limit_error", None, "queue_full",
-                           {"Retry-After": str(e.retry_after)}) from None
+                           {"Retry-After": str(math.ceil(e.retry_after)),
+                            "retry-after-ms": str(math.ceil(e.retry_after * 1000))}) from None
 
     async def next_event(self, pending: Pending, request: Request, deadline: float):
         """The next result event; cancels the request (freeing its rows) on timeout or client disconnect."""

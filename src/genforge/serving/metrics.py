@@ -19,10 +19,15 @@ class Metrics:
         self.requests = Counter("genforge_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
         self.latency = Histogram("genforge_request_seconds", "Request latency by route (to the last byte).",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("genforge_batch_rows", "Rows (images, spoken digits or text choices) per batch.", ["model"],
+        self.batch_rows = Histogram("genforge_batch_rows", "Rows per batch: images or spoken digits per forward pass, text choices per decode step.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting for a batch (video models: jobs waiting to "
                                  "run).", ["model"], registry=r, multiprocess_mode="livesum")
+        self.queue_work = Gauge("genforge_queue_work", "Work queued or running, in the model's units: row-tokens "
+                                "(text: rows x max_tokens left) or rows x network calls (images, speech).", ["model"],
+                                registry=r, multiprocess_mode="livesum")
+        self.estimated_wait = Gauge("genforge_estimated_wait_seconds", "Estimated wait before a one-row request "
+                                    "would start now.", ["model"], registry=r, multiprocess_mode="livemax")
         self.tokens = Counter("genforge_generated_tokens", "Tokens generated.", ["model"], registry=r)
         self.prompt_tokens = Counter("genforge_prompt_tokens", "Prompt tokens read.", ["model"], registry=r)
         self.images = Counter("genforge_generated_images", "Images generated.", ["model"], registry=r)

@@ -12,7 +12,6 @@ run and a torch-free export (runtime) are served alike.
 
 from __future__ import annotations
 
-import asyncio
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -67,11 +66,11 @@ def router(server: Server) -> APIRouter:
         job, voice, seed = make_job(req, gen, server)
         pending = Pending(jobs=[job], rows=job.n, key=("speech", tuple(sorted(job.options.items()))))
         clips = await server.render(req.model, pending, request)
-        clip = await asyncio.to_thread(gen.finish_speech, job, clips)
+        clip = await server.off_loop(gen.finish_speech, job, clips)
         rate = int(gen.sample_rate)
         record = gen.record(seed, voice=voice, speed=req.speed, digits=job.n, **job.options)
         fmt = req.response_format
-        data = await asyncio.to_thread(encode_audio, clip, rate, fmt, record, server.signer)
+        data = await server.off_loop(encode_audio, clip, rate, fmt, record, server.signer)
         metrics.audio_seconds.labels(req.model).inc(len(clip) / rate)
         headers = {"X-Sample-Rate": str(rate), "X-Seed": str(seed),
                    "Content-Disposition": f'inline; filename="speech.{fmt}"'}

@@ -74,13 +74,14 @@ def router(server: Server) -> APIRouter:
         server.submit(req.model, pending)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream(pending, request, deadline, rid, req, include_usage),
+            record = provenance(gen, req, seed, stop, pending)
+            return StreamingResponse(stream(pending, request, deadline, rid, req, include_usage, record),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         texts = [""] * len(pending.jobs)
         while True:
             kind, value = await server.next_event(pending, request, deadline)
             if kind == "pieces":
-                for i, piece in enumerate(value):
+                for i, piece in enumerate(value[0]):
                     if piece:
                         texts[i] += piece
             elif kind == "error":
@@ -91,9 +92,15 @@ def router(server: Server) -> APIRouter:
         choices = [p.CompletionChoice(index=i, text=(job.prompt if req.echo else "") + texts[i],
                                       finish_reason="stop" if job.finish_reason == "stop" else "length")
                    for i, job in enumerate(pending.jobs)]
-        record = gen.record(seed, marked=pending.jobs[0].mark is not None, max_tokens=req.max_tokens,
-                            temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, n=req.n, stop=stop or None)
-        return p.CompletionResponse(id=rid, model=req.model, choices=choices, usage=usage, provenance=record.as_dict())
+        return p.CompletionResponse(id=rid, model=req.model, choices=choices, usage=usage,
+                                    provenance=provenance(gen, req, seed, stop, pending))
+
+    def provenance(gen, req, seed: int, stop: list[str], pending: Pending) -> dict:
+        """What made the text; `mark` names the key only when the text carries the mark (greedy decoding
+        samples nothing, so it carries none)."""
+        marked = pending.jobs[0].mark is not None and req.temperature > 0
+        return gen.record(seed, marked=marked, max_tokens=req.max_tokens, temperature=req.temperature,
+                          top_k=req.top_k, top_p=req.top_p, n=req.n, stop=stop or None).as_dict()
 
     def usage_of(jobs: list[TextJob], n: int, model: str) -> p.Usage:
         prompt = sum(job.prompt_tokens for job in jobs[::n])  # each prompt counted once, as OpenAI does
@@ -101,26 +108,16 @@ def router(server: Server) -> APIRouter:
         metrics.prompt_tokens.labels(model).inc(prompt)
         return p.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    async def stream(pending: Pending, request: Request, deadline: float, rid: str, req, include_usage):
+    async def stream(pending: Pending, request: Request, deadline: float, rid: str, req, include_usage, record):
         created_at = int(time.time())
 
-        def chunk(choices, usage=None) -> str:
+        def chunk(choices, **extra) -> str:
             body = {"id": rid, "object": "text_completion", "created": created_at, "model": req.model,
-                    "choices": choices}
-            if usage is not None:
-                body["usage"] = usage
+                    "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
-        finished: set[int] = set()
-
-        def endings() -> list[dict]:
-            out = []
-            for i, job in enumerate(pending.jobs):
-                if job.ended and i not in finished:
-                    finished.add(i)
-                    out.append({"index": i, "text": "", "logprobs": None,
-                                "finish_reason": "stop" if job.finish_reason == "stop" else "length"})
-            return out
+        def reason(i: int) -> str:
+            return "stop" if pending.jobs[i].finish_reason == "stop" else "length"
 
         try:
             if req.echo:
@@ -137,19 +134,15 @@ def router(server: Server) -> APIRouter:
                     status_type = "invalid_request_error" if isinstance(e, UserError) else "server_error"
                     yield f"data: {json.dumps(error_body(str(e), status_type))}\n\n"
                     break
-                if kind == "pieces":
-                    choices = {i: {"index": i, "text": piece, "logprobs": None, "finish_reason": None}
-                               for i, piece in enumerate(value) if piece}
-                    for end in endings():  # a row's last piece carries its finish reason, as OpenAI's do
-                        choices.setdefault(end["index"], end)["finish_reason"] = end["finish_reason"]
-                    yield chunk(list(choices.values()))
+                if kind == "pieces":  # a row's last piece carries its finish reason, as OpenAI's do
+                    pieces, finished = value
+                    yield chunk([{"index": i, "text": piece or "", "logprobs": None,
+                                  "finish_reason": reason(i) if i in finished else None}
+                                 for i, piece in enumerate(pieces) if piece or i in finished])
                 else:
-                    ends = endings()
-                    if ends:
-                        yield chunk(ends)
                     usage = usage_of(pending.jobs, req.n, req.model)
-                    if include_usage:
-                        yield chunk([], usage.model_dump())
+                    # the last event says what made the text and whether it carries the keyed mark
+                    yield chunk([], **({"usage": usage.model_dump()} if include_usage else {}), provenance=record)
                     break
             yield "data: [DONE]\n\n"
         finally:

@@ -195,14 +195,19 @@ def router(server: Server) -> APIRouter:
         result = await server.render(name, pending, request)
         metrics.images.labels(name).inc(len(result))
         record = gen.record(seed, label=label, n=n, **job.options)
-        fmt, data = output_format.upper(), []
-        for i, img in enumerate(result):
-            source, _, mime, title = sources[i // n]
-            rec = record.edited_from(source, title=title, fmt=mime)
-            rec = rec.with_(parameters={**rec.parameters, "index": i})
-            signed = encode(img, fmt, rec, server.signer, sources=[source])  # the source: a C2PA ingredient
-            data.append(p.ImageData(b64_json=base64.b64encode(signed).decode()))
-        return p.ImageEditResponse(data=data, task=task, seed=seed, notices=notices)
+        fmt = output_format.upper()
+
+        def encoded() -> list[p.ImageData]:  # on the encoding pool, off the event loop
+            data = []
+            for i, img in enumerate(result):
+                source, _, mime, title = sources[i // n]
+                rec = record.edited_from(source, title=title, fmt=mime)
+                rec = rec.with_(parameters={**rec.parameters, "index": i})
+                signed = encode(img, fmt, rec, server.signer, sources=[source])  # the source: a C2PA ingredient
+                data.append(p.ImageData(b64_json=base64.b64encode(signed).decode()))
+            return data
+
+        return p.ImageEditResponse(data=await server.off_loop(encoded), task=task, seed=seed, notices=notices)
 
     edit_fields = {"image", "image[]", "mask", "model", "prompt", "n", "size", "response_format", "output_format",
                    "seed", "label", "mask_kind"}

@@ -1,12 +1,17 @@
 """POST /v1/images/generations: OpenAI's image generation, each image a base64 PNG, JPEG or WebP carrying its
 provenance (and the keyed mark and a C2PA manifest when the server has them). A request is one image job;
-the model's batcher renders jobs with equal options together."""
+the model's batcher renders jobs with equal options together. The keyed mark, the encoding, provenance and
+base64 run on the server's encoding pool, not on the event loop nor the model's thread, and the response body
+is written once from the base64 bytes (no model validation or re-serialisation of megabytes of text)."""
 
 from __future__ import annotations
 
 import base64
+import time
+from functools import partial
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
 from genforge.errors import UserError
 from genforge.media import encode
@@ -55,8 +60,8 @@ def router(server: Server) -> APIRouter:
                                f"{', '.join(gen.classes)}; got '{req.prompt[:40]}'. Or send `label`.", param="prompt")
             label = names[req.prompt.strip().lower()]
         options = server.family_options(req.model_extra, gen, req.model, "n, seed and label")
-        try:
-            job = gen.job(req.n, req.seed, label, **options)
+        try:  # drawing the noise (a diffusion job draws every step's) is work too: off the loop
+            job = await server.off_loop(partial(gen.job, req.n, req.seed, label, **options))
         except UserError as e:
             param = next((k for k in options if k in str(e)), "label" if label is not None else None)
             raise ApiError(400, str(e), param=param) from None
@@ -66,13 +71,27 @@ def router(server: Server) -> APIRouter:
                            f"this server's {s.max_image_calls} per request. Fix: ask for at most "
                            f"{max(1, s.max_image_calls // per_image)} images, or fewer steps (e.g. sampler dpmpp2m "
                            "with 10-20 steps).", param="n", code="limit")
-        pending = Pending(jobs=[job], rows=req.n, key=("image", tuple(sorted(job.options.items()))))
+        pending = Pending(jobs=[job], rows=req.n, key=("image", tuple(sorted(job.options.items()))),
+                          run_options={"mark": False})
         result = await server.render(req.model, pending, request)
         metrics.images.labels(req.model).inc(len(result))
         record = gen.record(req.seed, label=label, n=req.n, **job.options)
-        fmt = req.output_format.upper()
-        return p.ImageResponse(data=[p.ImageData(b64_json=base64.b64encode(
-            encode(img, fmt, record.with_(parameters={**record.parameters, "index": i}), server.signer)).decode())
-            for i, img in enumerate(result)])
+        body = await server.off_loop(response_body, gen, result, record, req.output_format.upper(), server.signer)
+        return Response(body, media_type="application/json")
 
     return api
+
+
+def response_body(gen, images, record, fmt: str, signer) -> bytes:
+    """The JSON of an ImageResponse: each image marked (when a key is set), encoded with its record and base64'd
+    straight into the body."""
+    mark = gen.image_mark
+    if mark is not None:
+        images = mark.embed(images)
+    parts = [b'{"created":%d,"data":[' % int(time.time())]
+    for i, img in enumerate(images):
+        data = encode(img, fmt, record.with_(parameters={**record.parameters, "index": i}), signer)
+        parts += [b'{"b64_json":"' if i == 0 else b',{"b64_json":"', base64.b64encode(data),
+                  b'","revised_prompt":null}']
+    parts.append(b"]}")
+    return b"".join(parts)

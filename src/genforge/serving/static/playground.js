@@ -337,13 +337,14 @@ async function generateText(model, signal, started) {
                 stream_options: stream ? {include_usage: true} : undefined, ...optionValues()};
   setStatus(stream ? "Streaming…" : "Generating…");
   const resp = await request("/v1/completions", body, signal);
-  let finish = null, usage = null;
+  let finish = null, usage = null, provenance = null;
   if (!stream) {
     const result = await resp.json();
     out.textContent = result.choices[0].text;
     out.dataset.chunks = "1";
     finish = result.choices[0].finish_reason;
     usage = result.usage;
+    provenance = result.provenance;
   } else {
     let finished = false;
     for await (const data of serverSentEvents(resp.body)) {
@@ -361,13 +362,16 @@ async function generateText(model, signal, started) {
       }
       finish = choice.finish_reason || finish;
       usage = chunk.usage || usage;
+      provenance = chunk.provenance || provenance;  // the last event's: what made the text, whether it is marked
     }
     if (!finished) throw new Error("The server closed the stream before it finished; the text above is partial.");
   }
   out.dataset.state = "done";
+  out.dataset.provenance = provenance ? JSON.stringify(provenance) : "";
   const parts = [`finish reason: ${finish || "unknown"}`];
   if (usage) parts.push(`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`);
   else if (stream) parts.push(`${out.dataset.chunks} chunks`);
+  if (provenance) parts.push(provenance.mark ? `carries the keyed text mark (key ${provenance.mark})` : "no text mark");
   parts.push(seconds(started));
   setStatus(parts.join(" · "));
 }
