@@ -1,43 +1,63 @@
-"""`genforge serve` under load on loopback, beside in-process batched generation of the same models.
+"""`genforge serve` under load, driven by wrk, beside in-process batched generation measured in the same run.
 
-    python benchmarks/serve_load.py --data-dir ../shared/data --note "idle box"   # ~20 min with the 10-minute soak
-    python benchmarks/serve_load.py --quick                                         # smoke run: 5 s phases, 30 s soak
+    python benchmarks/serve_load.py --note "idle box"        # ~6 min: trains the two models, 25-s phases
+    python benchmarks/serve_load.py --quick --out /tmp/sl    # smoke run: 4-s phases
 
-Models: `mnist-dcgan` (self-conditioned on 100 k-means clusters; the clustering takes seconds) and
-`shakespeare-char-gpt-small`, each trained `--train-steps` steps (fp32, no samples, checkpoints or
-evaluations): real architectures, throwaway weights. `--image-run DIR` / `--text-run DIR` reuse run dirs.
+Needs Debian's `wrk` and `nginx` (apt-get install -y wrk nginx). Models: `mnist-dcgan` and
+`shakespeare-char-gpt-small` trained `--train-steps` steps (real architectures, throwaway weights), or
+`--image-run` / `--text-run`. Results: OUT/serve_load-<machine>.json and a table on stdout.
 
-1. In process (before any server runs): `genforge.load(run).generate` on one batch of `--clients`
-   requests' worth (clients x images per request; clients prompts x `--max-tokens`), warmed up once, then
-   repeated for `--baseline-seconds` -> images/s and tokens/s.
-2. `genforge serve img=RUN txt=RUN` as a subprocess (`--max-batch`, `--max-wait-ms`, `--max-queue`):
-   - batching: `--clients` requests at once vs the same requests one at a time (aim: >= 5x faster), and
-     at once to a second server started with `--max-batch 1` (skip with `--skip-max-batch-1`);
-   - load: `--clients` clients per model, each sending requests back to back for `--seconds` -> requests/s,
-     p50/p99 latency, tokens/s or images/s (aim: >= 70% of in-process throughput);
-   - overload: `--overload-factor` x the clients for `--seconds` (aims: some 429s, no 5xx, p99 of the admitted
-     within 2x the load phase's p99). A rejected client waits the `Retry-After` seconds (at most 5) before its
-     next request, as OpenAI clients do, unless `--no-backoff`;
-   - soak: `--clients` clients alternating the two models for `--soak-minutes` while the server's RSS (its
-     process and any children) is sampled each second; aim: last-minute mean within 10% of the first.
-The clients share the box with the server (on a 2-core machine they take part of its CPU); say whether the
-box was otherwise idle with `--note`. Progress is printed as JSON lines; the results go to
-benchmarks/serve_load-<cpu kind>.json (or `--json FILE`), with each aim's figure, target and verdict.
+Load generator: wrk (Debian's wrk 4.1, C on epoll, LuaJIT scripts). Debian's hey (Go) and h2load (nghttp2)
+send one fixed body (-D / -d FILE), so every request would carry the same seed, and neither can wait a 429's
+Retry-After; vegeta and oha are not packaged for Debian 12. wrk's Lua script (serve_load_tools.WRK_LUA) gives each connection its
+own thread, builds each body with a new seed, logs every request (status, latency from one monotonic clock,
+tokens or images, Retry-After and retry-after-ms), and makes a rejected connection wait retry-after-ms (else
+Retry-After) before its next request, as OpenAI's clients do. Its CPU (its rusage) is reported per phase
+beside the server's, nginx's, this process's and the box's (`other`: whatever else ran; utime+stime from
+/proc/PID/stat of each process tree, in CPU-seconds per second).
+
+Phases (`--seconds` each, after a warm-up per kind):
+0. In process, before any server starts, in a subprocess (`genforge.load(run).generate`): text
+   `generate([prompt] * max_batch, max_new_tokens, temperature=0.8)` -> tokens/s; images
+   `generate(n=max_batch, seed)` -> images/s. These are the ceilings the server is compared to.
+a. text: `--clients` connections of `--max-tokens`-token completions (temperature 0.8, a new seed each)
+   -> requests/s, tokens/s, p50/p95/p99, statuses, CPU; aim >= 70% of in-process tokens/s.
+b./c. images, 4 and 1 per request, `--clients` connections -> images/s; aims 70% and 40% of in process.
+d. overload, text and images (1 per request): p99 at `--unloaded-clients` (unloaded), then
+   `--overload-factor` x `--clients` connections honouring Retry-After: 5xx (aim 0), 429s, p99 of the
+   admitted (200) against the unloaded p99 (aim <= 2x), what became of the retries sent after waiting as told,
+   and the server's `genforge_estimated_wait_seconds` / `genforge_queue_work` gauges (sampled every 0.5 s;
+   null where the server lacks them).
+   Retry-After honesty (`--probe-rounds` per kind, httpx): a burst of overload-many requests at once on the
+   idle server; the rejected ones carry an estimate R (retry-after-ms, else Retry-After x 1000) of when the
+   server will admit again. The burst's clients do not retry; once the first 429 is back, one probe (the
+   same request) is sent every R/10 (10 to 100 ms) until one is admitted (probing stops at a 200, or when
+   three probes are unanswered after 0.2 s: a 429 takes milliseconds). The wait actually seen by each
+   rejected request is W = (send time of the first admitted probe) - (time its 429 arrived), known to one
+   probe interval; reported: median R, median W, and the median of |R - W| / W (aim <= 0.5), over the
+   burst's and the probes' 429s. A burst with no 429 compares nothing.
+e. Two replicas: a second `genforge serve` and nginx running deploy/nginx/genforge.conf (the file the docs
+   show and the test runs), 2 x `--clients` text connections through nginx against phase a's one replica
+   (direct; so the nginx hop counts against the two); then `--clients` connections through nginx while the
+   second replica gets SIGTERM half-way: failed requests (5xx, socket errors; aim 0) and 429s.
+f. Cold start and memory of the torch and torch-free servers: benchmarks/serve_cold_start.py.
+g. With `--text-export`, `--image-export` and `--free-python` (a torch-free venv's interpreter): the torch-free
+   server of the two exports under phase a's and c's load, against the torch server's phases a and c.
+The number of cores is reported: on 2 cores two replicas share the cores one replica already uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
-import math
+import os
 import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,34 +65,33 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import serve_load_tools as T  # noqa: E402
 from machine import cpu_kind  # noqa: E402
 
-ENDPOINT = {"image": "/v1/images/generations", "text": "/v1/completions"}
-NAME = {"image": "img", "text": "txt"}
-UNIT = {"image": "images_per_s", "text": "tokens_per_s"}
+PATH = {"text": "/v1/completions", "image": "/v1/images/generations"}
+MODEL = {"text": "txt", "image": "img"}
+GAUGES = ("genforge_estimated_wait_seconds", "genforge_queue_work")
 
 
 def log(**row) -> None:
     print(json.dumps(row), flush=True)
 
 
-def pct(xs: list[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    xs = sorted(xs)
-    return xs[max(0, math.ceil(q / 100 * len(xs)) - 1)] if xs else None
-
-
 def ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
 
 
-# -- set-up: runs and the in-process baseline -----------------------------------------------------------------
+def ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+# -- runs and the in-process ceiling -----------------------------------------------------------------------------
 def prepare_run(kind: str, preset: str, given: str | None, args) -> dict:
     if given:
         return {"dir": given, "preset": None, "reused": True}
     from genforge.training import apply_overrides, read_raw, train, validate
 
-    out = Path(args.out) / f"{kind}-run"
+    out = Path(args.work) / f"{kind}-run"
     shutil.rmtree(out, ignore_errors=True)
     overrides = [f"train.max_steps={args.train_steps}", "train.sample_every=100000", "train.checkpoint_every=100000",
                  "train.eval_every=null", "train.mixed_precision=no"]
@@ -83,322 +102,348 @@ def prepare_run(kind: str, preset: str, given: str | None, args) -> dict:
     return row
 
 
-def in_process(kind: str, run_dir: str, args) -> dict:
+def baseline_here(kind: str, run_dir: str, args) -> dict:
+    """Run in a subprocess (--baseline-of): the benchmark process keeps no model, torch threads or memory."""
+    import torch
+
     import genforge
 
     m = genforge.load(run_dir)
     if kind == "image":
-        batch = args.clients * args.images_per_request
-        work = lambda: m.generate(n=batch, seed=0)  # noqa: E731
-        amount = lambda out: len(out)  # noqa: E731
+        work = lambda i: m.generate(n=args.max_batch, seed=i)  # noqa: E731
+        amount = len
     else:
-        batch = args.clients
-        work = lambda: m.generate([args.prompt] * batch, max_new_tokens=args.max_tokens, temperature=0.8, seed=0)  # noqa: E731
+        work = lambda i: m.generate([args.prompt] * args.max_batch, max_new_tokens=args.max_tokens,  # noqa: E731
+                                    temperature=0.8, seed=i)
         amount = lambda out: sum(len(m.tokenizer.encode(t)) for t in out)  # noqa: E731
-    work()  # warm-up
-    calls, total, t0 = [], 0, time.perf_counter()
-    while len(calls) < 3 or time.perf_counter() - t0 < args.baseline_seconds:
-        t = time.perf_counter()
-        total += amount(work())
-        calls.append(time.perf_counter() - t)
+    work(0)  # warm-up
+    calls, total, t0 = 0, 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < args.baseline_seconds:
+        total += amount(work(calls + 1))
+        calls += 1
     elapsed = time.perf_counter() - t0
-    row = {"batch": batch, "calls": len(calls), "seconds_per_call": round(sum(calls) / len(calls), 4),
-           UNIT[kind]: round(total / elapsed, 1), "precision": m.precision.used}
-    del m, work, amount  # the closures hold the model too
-    gc.collect()
+    unit = "tokens_per_s" if kind == "text" else "images_per_s"
+    return {"batch": args.max_batch, "calls": calls, "seconds_per_call": round(elapsed / calls, 4),
+            unit: round(total / elapsed, 1), "precision": m.precision.used, "torch_threads": torch.get_num_threads()}
+
+
+def in_process(kind: str, run_dir: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--baseline-of", kind, run_dir, "--max-batch", str(args.max_batch),
+           "--max-tokens", str(args.max_tokens), "--prompt", args.prompt, "--baseline-seconds", str(args.baseline_seconds)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process baseline failed: {done.stderr[-2000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
     log(phase="in_process", kind=kind, **row)
     return row
 
 
-# -- the server subprocess -------------------------------------------------------------------------------------
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS summed over the process and its descendants, VmHWM of the process itself), in kB."""
-    def field(p: int, key: str) -> int:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        return 0
-
-    def tree(p: int) -> list[int]:
-        kids = []
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids += [int(c) for c in (task / "children").read_text().split()]
-        return [p] + [d for k in kids for d in tree(k)]
-
-    return sum(field(p, "VmRSS") for p in tree(pid)), field(pid, "VmHWM")
-
-
-@contextlib.contextmanager
-def serving(runs: dict, args, max_batch: int, max_queue: int, label: str):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "genforge.cli", "serve", f"img={runs['image']['dir']}", f"txt={runs['text']['dir']}",
-           "--host", "127.0.0.1", "--port", str(port), "--max-batch", str(max_batch),
-           "--max-wait-ms", f"{args.max_wait_ms:g}", "--max-queue", str(max_queue), *args.server_arg]
-    log_path = Path(args.out) / f"server-{label}.log"
-    info = {"cmd": cmd[2:], "log": str(log_path)}
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
-        try:
-            base, t0 = f"http://127.0.0.1:{port}", time.perf_counter()
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode} before ready; log: "
-                                       f"{log_path.read_text()[-2000:]}")
-                if time.perf_counter() - t0 > args.ready_timeout:
-                    raise RuntimeError(f"server not ready after {args.ready_timeout} s; see {log_path}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                        break
-                time.sleep(0.5)
-            info["ready_seconds"] = round(time.perf_counter() - t0, 1)
-            info["rss_mb_ready"] = round(rss_kb(proc.pid)[0] / 1024, 1)
-            log(phase="server_ready", label=label, **info)
-            yield base, proc, info
-        finally:
-            t = time.perf_counter()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                info["killed"] = True
-            info.update(exit_code=proc.returncode, stop_seconds=round(time.perf_counter() - t, 1))
-
-
-# -- clients ---------------------------------------------------------------------------------------------------
-def body(kind: str, seed: int, args) -> dict:
+# -- load phases -------------------------------------------------------------------------------------------------
+def body(kind: str, args, n: int = 1) -> dict:
     if kind == "text":
-        return {"model": NAME[kind], "prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0.8, "seed": seed}
-    return {"model": NAME[kind], "n": args.images_per_request, "seed": seed, "response_format": "b64_json"}
+        return {"model": MODEL[kind], "prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0.8}
+    return {"model": MODEL[kind], "n": n, "response_format": "b64_json"}
 
 
-async def request(client: httpx.AsyncClient, kind: str, seed: int, args) -> tuple:
-    """(HTTP status or "error:..." for no usable answer, seconds, tokens or images, Retry-After seconds or None)."""
-    t = time.perf_counter()
-    try:
-        r = await client.post(ENDPOINT[kind], json=body(kind, seed, args))
-    except httpx.HTTPError as e:
-        return f"error:{type(e).__name__}", time.perf_counter() - t, 0, None
-    seconds = time.perf_counter() - t
-    status, amount = r.status_code, 0
-    if status == 200:
-        try:
-            data = r.json()
-            amount = data["usage"]["completion_tokens"] if kind == "text" else len(data["data"])
-        except (ValueError, KeyError, TypeError) as e:
-            status = f"error:bad-body:{type(e).__name__}"
-    retry = r.headers.get("retry-after")
-    with contextlib.suppress(TypeError, ValueError):
-        retry = float(retry)
-    return status, seconds, amount, retry if isinstance(retry, float) else None
-
-
-def client_for(base: str, n: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600.0, connect=60.0),
-                             limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8))
-
-
-def summarise(kind: str, recs: list[tuple], elapsed: float, clients: int) -> dict:
+def summarise(kind: str, res: dict, seconds: float) -> dict:
+    recs = res["records"]
     statuses: dict[str, int] = {}
-    for status, *_ in recs:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-    ok = [r for r in recs if r[0] == 200]
-    lat = [r[1] for r in ok]
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(recs), "statuses": statuses,
-            "requests_per_s": round(len(ok) / elapsed, 2), "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
-            "max_ms": ms(max(lat, default=None)), "p99_429_ms": ms(pct([r[1] for r in recs if r[0] == 429], 99)),
-            UNIT[kind]: round(sum(r[2] for r in ok) / elapsed, 1),
-            "server_errors_5xx": sum(1 for r in recs if isinstance(r[0], int) and r[0] >= 500),
-            "other_errors": sum(1 for r in recs if isinstance(r[0], str))}
+    for r in recs:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    ok = [r for r in recs if r["status"] == 200]
+    lat = [r["latency"] for r in ok]
+    unit = "tokens_per_s" if kind == "text" else "images_per_s"
+    errors = sum(res["socket_errors"].values())
+    row = {"requests": len(recs), "statuses": statuses, "socket_errors": res["socket_errors"],
+           "requests_per_s": round(len(ok) / seconds, 2), unit: round(sum(r["amount"] for r in ok) / seconds, 1),
+           "p50_ms": ms(T.pct(lat, 50)), "p95_ms": ms(T.pct(lat, 95)), "p99_ms": ms(T.pct(lat, 99)),
+           "failed": errors + sum(1 for r in recs if r["status"] >= 500 or (r["status"] >= 300 and r["status"] != 429))}
+    rejected = [r for r in recs if r["status"] == 429]
+    if rejected:
+        est = [r["retry_after_ms"] for r in rejected if r["retry_after_ms"] is not None]
+        retries = [r for r in recs if r["retry"]]
+        row["rejected"] = {
+            "retry_after_ms_header": "present" if est else "missing",
+            "retry_after_ms_median": statistics.median(est) if est else None,
+            "retry_after_s_median": statistics.median([r["retry_after"] for r in rejected if r["retry_after"] is not None] or [0]),
+            "retries_after_waiting": len(retries),
+            "retries_admitted": sum(1 for r in retries if r["status"] == 200),
+            "retries_rejected_again": sum(1 for r in retries if r["status"] == 429)}
+    return row
 
 
-async def load(base: str, kinds: list[str], clients: int, seconds: float, args, backoff: bool = True) -> dict:
-    """`clients` clients sending back to back for `seconds` (client i's n-th request is kinds[(i + n) % len])."""
-    recs: dict[str, list] = {k: [] for k in kinds}
-    async with client_for(base, clients) as client:
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
-
-        async def one_client(i: int) -> None:
-            n = 0
-            while time.perf_counter() < deadline:
-                kind = kinds[(i + n) % len(kinds)]
-                rec = await request(client, kind, i * 1_000_000 + n, args)
-                recs[kind].append(rec)
-                n += 1
-                if rec[0] == 429 and backoff:  # wait as told, at most 5 s and not past the phase's end
-                    wait = rec[3] if rec[3] is not None else 0.1
-                    await asyncio.sleep(max(0.0, min(wait, 5.0, deadline - time.perf_counter())))
-
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-        elapsed = time.perf_counter() - t0
-    return {k: summarise(k, recs[k], elapsed, clients) for k in kinds}
-
-
-async def burst(base: str, kind: str, n: int, args, concurrent: bool) -> dict:
-    """Wall time of n requests sent all at once, or one after another."""
-    async with client_for(base, n) as client:
-        t0 = time.perf_counter()
-        if concurrent:
-            recs = await asyncio.gather(*(request(client, kind, i, args) for i in range(n)))
-        else:
-            recs = [await request(client, kind, i, args) for i in range(n)]
-        return {"seconds": round(time.perf_counter() - t0, 3), "ok": sum(1 for r in recs if r[0] == 200)}
+def measure(url: str, kind: str, clients: int, args, label: str, roots: dict, n: int = 1, seconds=None,
+            gauges_from: str | None = None, during=None) -> dict:
+    """One wrk phase, with the CPU of every process tree in `roots`; `during()` runs beside it (failover)."""
+    seconds = max(1, round(seconds or args.seconds))
+    scraper = T.Scraper(gauges_from, GAUGES, MODEL[kind]) if gauges_from else None
+    if scraper:
+        scraper.start()
+    meter = T.CpuMeter(roots).start()
+    box = {}
+    side = threading.Thread(target=lambda: box.update(during() or {})) if during else None
+    if side:
+        side.start()
+    res = T.run_wrk(url, PATH[kind], kind, body(kind, args, n), clients, seconds, Path(args.work), label)
+    if side:
+        side.join()
+    t_stop = box.pop("_t_stop", None)
+    row = {"clients": clients, "seconds": seconds, **({"images_per_request": n} if kind == "image" else {}),
+           **summarise(kind, res, seconds), "cpu_s_per_s": meter.stop(res["wrk_cpu_s"]), **box}
+    if scraper:
+        row["gauges"] = scraper.summary()
+    if t_stop is not None:  # the requests sent after the SIGTERM
+        late = summarise(kind, {"records": [r for r in res["records"] if r["start"] >= t_stop], "socket_errors": {}}, 1)
+        row["sent_after_stop"] = {k: late[k] for k in ("requests", "statuses", "failed")}
+    log(phase=label, kind=kind, **row)
+    return row
 
 
-async def soak(base: str, proc: subprocess.Popen, args) -> dict:
-    samples: list[tuple[float, int]] = []
-    t0 = time.perf_counter()
+async def probe_round(url: str, kind: str, burst: int, args) -> dict:
+    """One burst on the idle server, then probes until one is admitted (see the docstring)."""
+    b = body(kind, args)
+    async with httpx.AsyncClient(base_url=url, timeout=600,
+                                 limits=httpx.Limits(max_connections=burst + 64, max_keepalive_connections=0)) as c:
+        async def one(seed: int) -> dict:
+            sent = time.monotonic()
+            try:
+                r = await c.post(PATH[kind], json={**b, "seed": seed})
+            except httpx.HTTPError as e:
+                return {"sent": sent, "got": time.monotonic(), "status": type(e).__name__, "R": None}
+            h = r.headers
+            est = float(h["retry-after-ms"]) / 1000 if "retry-after-ms" in h else (
+                float(h["retry-after"]) if "retry-after" in h else None)
+            return {"sent": sent, "got": time.monotonic(), "status": r.status_code, "R": est,
+                    "ms_header": "retry-after-ms" in h}
 
-    async def sample() -> None:
-        while True:
-            samples.append((time.perf_counter() - t0, rss_kb(proc.pid)[0]))
-            await asyncio.sleep(1.0)
+        tasks = [asyncio.create_task(one(i)) for i in range(burst)]
+        deadline = time.monotonic() + 120
+        while not any(t.done() and t.result()["status"] == 429 for t in tasks):  # probe once the burst is in
+            if time.monotonic() > deadline or all(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        est = [t.result()["R"] for t in tasks if t.done() and t.result()["R"] is not None]
+        every = min(0.1, max(0.01, statistics.median(est) / 10)) if est else 0.1  # finer for short waits
+        probes: list[tuple[float, asyncio.Task]] = []
+        while time.monotonic() < deadline:
+            probes.append((time.monotonic(), asyncio.create_task(one(10_000_000 + len(probes)))))
+            await asyncio.sleep(every)
+            late = [s for s, t in probes if not t.done() and time.monotonic() - s > 0.2]  # a 429 takes ms
+            if any(t.done() and t.result()["status"] == 200 for _, t in probes) or len(late) >= 3:
+                break
+        burst_res = await asyncio.gather(*tasks)
+        probe_res = [await t for _, t in probes]
+    admitted = [p["sent"] for p in probe_res if p["status"] == 200]
+    if not admitted:
+        return {"burst_429": sum(1 for r in burst_res if r["status"] == 429), "admitted_probe": None}
+    t_adm = min(admitted)
+    pairs = [(r["R"], t_adm - r["got"]) for r in burst_res + probe_res
+             if r["status"] == 429 and r["R"] is not None and r["got"] < t_adm]
+    return {"burst": burst, "burst_statuses": {str(s): sum(1 for r in burst_res if r["status"] == s)
+                                               for s in {r["status"] for r in burst_res}},
+            "probes": len(probe_res), "probe_every_s": round(every, 3),
+            "admitted_after_s": round(t_adm - min(r["sent"] for r in burst_res), 3),
+            "retry_after_ms_header": any(r.get("ms_header") for r in burst_res + probe_res),
+            "pairs": [(round(e, 3), round(w, 3)) for e, w in pairs]}
 
-    sampler = asyncio.create_task(sample())
+
+def retry_after_honesty(url: str, kind: str, args) -> dict:
+    rounds = []
+    for _ in range(args.probe_rounds):
+        rounds.append(asyncio.run(probe_round(url, kind, args.clients * args.overload_factor, args)))
+        time.sleep(0.5)
+    pairs = [p for r in rounds for p in r.get("pairs", [])]
+    rel = [abs(e - w) / w for e, w in pairs if w > 0]
+    row = {"rounds": [{k: v for k, v in r.items() if k != "pairs"} for r in rounds], "rejections_compared": len(pairs),
+           "estimate_s_median": statistics.median([e for e, _ in pairs]) if pairs else None,
+           "wait_seen_s_median": statistics.median([w for _, w in pairs]) if pairs else None,
+           "relative_error_median": round(statistics.median(rel), 3) if rel else None,
+           "within_50pct_share": round(sum(1 for x in rel if x <= 0.5) / len(rel), 3) if rel else None}
+    log(phase="retry_after_honesty", kind=kind, **row)
+    return row
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+def run_all(args, out: dict) -> None:
+    work = Path(args.work)
+    runs = out["runs"]
+    runs["image"] = prepare_run("image", args.image_preset, args.image_run, args)
+    runs["text"] = prepare_run("text", args.text_preset, args.text_run, args)
+    for kind in ("text", "image"):
+        out["in_process"][kind] = in_process(kind, runs[kind]["dir"], args)
+    models = {"img": runs["image"]["dir"], "txt": runs["text"]["dir"]}
+    server_args = ["--max-batch", str(args.max_batch), *args.server_arg]
+    procs = []
     try:
-        stats = await load(base, ["image", "text"], args.clients, args.soak_minutes * 60, args)
+        main, url = T.start_server(models, server_args, work / "server-1.log")
+        procs.append(main)
+        out["servers"]["ready_seconds"] = round(T.wait_ready(url, main, work / "server-1.log"), 1)
+        one = {"server": [main.pid]}
+        for kind, n in (("text", 1), ("image", 4), ("image", 1)):  # warm-up, not reported
+            measure(url, kind, args.clients, args, f"warmup-{kind}", one, n=n, seconds=args.warmup_seconds)
+        ph = out["phases"]
+        ph["a_text"] = measure(url, "text", args.clients, args, "a_text", one)
+        ph["b_images_4"] = measure(url, "image", args.clients, args, "b_images_4", one, n=4)
+        ph["c_images_1"] = measure(url, "image", args.clients, args, "c_images_1", one, n=1)
+        for kind in ("text", "image"):
+            ph[f"d_unloaded_{kind}"] = measure(url, kind, args.unloaded_clients, args, f"d_unloaded_{kind}", one)
+            o = ph[f"d_overload_{kind}"] = measure(url, kind, args.clients * args.overload_factor, args,
+                                                   f"d_overload_{kind}", one, gauges_from=url)
+            o["p99_vs_unloaded_p99"] = ratio(o["p99_ms"], ph[f"d_unloaded_{kind}"]["p99_ms"])
+            o["p99_vs_p99_at_clients"] = ratio(o["p99_ms"], ph["a_text" if kind == "text" else "c_images_1"]["p99_ms"])
+            time.sleep(2)  # let the backlog go
+            ph[f"d_retry_after_{kind}"] = retry_after_honesty(url, kind, args)
+        if args.free_python and args.text_export and args.image_export:
+            free, url3 = T.start_server({"img": args.image_export, "txt": args.text_export}, server_args,
+                                        work / "server-free.log", args.free_python)
+            try:
+                T.wait_ready(url3, free, work / "server-free.log")
+                own = {"server": [free.pid]}
+                for kind, n in (("text", 1), ("image", 1)):
+                    measure(url3, kind, args.clients, args, f"warmup-free-{kind}", own, n=n, seconds=args.warmup_seconds)
+                ph["g_free_text"] = measure(url3, "text", args.clients, args, "g_free_text", own)
+                ph["g_free_images_1"] = measure(url3, "image", args.clients, args, "g_free_images_1", own, n=1)
+            finally:
+                T.stop_process(free, signal.SIGTERM)
+        if args.skip_replicas:
+            return
+        second, url2 = T.start_server(models, server_args, work / "server-2.log")
+        procs.append(second)
+        T.wait_ready(url2, second, work / "server-2.log")
+        front = T.free_port()
+        nginx = T.start_nginx(work, front, [url, url2])
+        procs.append(nginx)
+        lb, both = f"http://127.0.0.1:{front}", {"server": [main.pid, second.pid], "nginx": [nginx.pid]}
+        measure(lb, "text", 2 * args.clients, args, "warmup-replicas", both, seconds=args.warmup_seconds)
+        ph["e_two_replicas"] = measure(lb, "text", 2 * args.clients, args, "e_two_replicas", both)
+        pids = {httpx.get(f"{u}/healthz").json()["pid"]: u for u in (url, url2)}
+
+        def stop_second() -> dict:
+            time.sleep(max(1, round(args.seconds)) / 2)
+            t = time.monotonic()
+            second.send_signal(signal.SIGTERM)
+            code = second.wait(150)
+            return {"_t_stop": t, "stopped_replica_exit": code, "stop_to_exit_s": round(time.monotonic() - t, 2)}
+
+        ph["e_failover"] = measure(lb, "text", args.clients, args, "e_failover", both, during=stop_second)
+        ph["e_failover"]["replica_pids"] = list(pids)
     finally:
-        sampler.cancel()
-    window = min(60.0, args.soak_minutes * 60 / 3)  # first / last minute; a third of a shorter soak
-    end = samples[-1][0]
-    first = [kb for t, kb in samples if t <= window]
-    last = [kb for t, kb in samples if t >= end - window]
-    mb = lambda kb: round(kb / 1024, 1)  # noqa: E731
-    f, l_ = sum(first) / len(first), sum(last) / len(last)
-    return {"minutes": args.soak_minutes, "window_s": window, "samples": len(samples),
-            "rss_mb_first_window_mean": mb(f), "rss_mb_last_window_mean": mb(l_),
-            "rss_mb_peak": mb(max(kb for _, kb in samples)), "vmhwm_mb": mb(rss_kb(proc.pid)[1]),
-            "drift_pct": round(100 * (l_ - f) / f, 2) if f else None, "load": stats}
-
-
-# -- the run ---------------------------------------------------------------------------------------------------
-async def main_server(base: str, proc, args, out: dict) -> None:
-    kinds = ["image", "text"]
-    await load(base, kinds, args.clients, min(3.0, args.seconds), args)  # warm-up, not reported
-    for kind in kinds:
-        row = {"concurrent": await burst(base, kind, args.clients, args, True),
-               "sequential": await burst(base, kind, args.clients, args, False)}
-        row["speedup"] = round(row["sequential"]["seconds"] / row["concurrent"]["seconds"], 2)
-        out["batching"][kind] = row
-        log(phase="batching", kind=kind, **row)
-    for kind in kinds:
-        out["load"][kind] = (await load(base, [kind], args.clients, args.seconds, args))[kind]
-        out["load"][kind]["rss_mb_after"] = round(rss_kb(proc.pid)[0] / 1024, 1)
-        log(phase="load", kind=kind, **out["load"][kind])
-    n = args.clients * args.overload_factor
-    for kind in kinds:
-        row = (await load(base, [kind], n, args.seconds, args, backoff=not args.no_backoff))[kind]
-        base_p99 = out["load"][kind]["p99_ms"]
-        row["p99_vs_load_p99"] = round(row["p99_ms"] / base_p99, 2) if row["p99_ms"] and base_p99 else None
-        out["overload"][kind] = row
-        log(phase="overload", kind=kind, **row)
-    out["soak"] = await soak(base, proc, args)
-    log(phase="soak", **{k: v for k, v in out["soak"].items() if k != "load"})
-
-
-async def max_batch_1(base: str, args, out: dict) -> None:
-    for kind in ("image", "text"):
-        await burst(base, kind, 2, args, True)  # warm-up
-        b = await burst(base, kind, args.clients, args, True)
-        row = out["batching"][kind]
-        row["concurrent_to_max_batch_1"] = b
-        row["speedup_vs_max_batch_1"] = round(b["seconds"] / row["concurrent"]["seconds"], 2)
-        log(phase="max_batch_1", kind=kind, **b)
+        for p in reversed(procs):
+            T.stop_process(p, signal.SIGQUIT if p.args[0].endswith("nginx") else signal.SIGTERM)
 
 
 def aims(out: dict, args) -> list[dict]:
-    def aim(name, value, target, met):
-        return {"aim": name, "value": value, "target": target, "met": None if value is None else bool(met)}
+    ph, ip = out["phases"], out["in_process"]
+
+    def aim(name, value, target, ok):
+        return {"aim": name, "value": value, "target": target, "met": None if value is None else bool(ok)}
 
     rows = []
-    for kind in ("image", "text"):
-        u = UNIT[kind]
-        share = out["load"].get(kind, {}).get(u), out["in_process"].get(kind, {}).get(u)
-        v = round(share[0] / share[1], 3) if None not in share and share[1] else None
-        rows.append(aim(f"{kind}: server {u} at {args.clients} clients / in-process batched", v, ">= 0.70",
-                        v is not None and v >= 0.70))
-    b = out["batching"].get("text", {})
-    rows.append(aim(f"text: {args.clients} concurrent completions vs one at a time (speedup)", b.get("speedup"), ">= 5",
-                    (b.get("speedup") or 0) >= 5))
-    if "speedup_vs_max_batch_1" in b:
-        v = b["speedup_vs_max_batch_1"]
-        rows.append(aim(f"text: {args.clients} concurrent, --max-batch 1 server vs normal (speedup)", v, ">= 5", v >= 5))
-    for kind, o in out["overload"].items():
-        n429 = o["statuses"].get("429", 0)
-        rows.append(aim(f"{kind}: 429s under {args.overload_factor}x overload", n429, "> 0", n429 > 0))
-        rows.append(aim(f"{kind}: 5xx under overload", o["server_errors_5xx"], "== 0", o["server_errors_5xx"] == 0))
-        v = o["p99_vs_load_p99"]
-        rows.append(aim(f"{kind}: p99 of admitted under overload / p99 at {args.clients} clients", v, "<= 2",
-                        v is not None and v <= 2))
-    if "soak" in out:
-        v = out["soak"]["drift_pct"]
-        rows.append(aim(f"RSS drift over the {args.soak_minutes}-minute soak (last vs first window, %)", v,
-                        "within +-10", v is not None and abs(v) <= 10))
+    for key, kind, unit, goal in (("a_text", "text", "tokens_per_s", 0.7), ("b_images_4", "image", "images_per_s", 0.7),
+                                  ("c_images_1", "image", "images_per_s", 0.4)):
+        v = ratio(ph.get(key, {}).get(unit), ip.get(kind, {}).get(unit))
+        rows.append(aim(f"{key}: server {unit} / in-process batched", v, f">= {goal}", v is not None and v >= goal))
+    for kind in ("text", "image"):
+        o, u = ph.get(f"d_overload_{kind}"), ph.get(f"d_unloaded_{kind}")
+        if o:
+            fives = sum(n for s, n in o["statuses"].items() if s.startswith("5"))
+            rows.append(aim(f"{kind} overload: 5xx", fives, "== 0", fives == 0))
+            v = ratio(o["p99_ms"], u and u["p99_ms"])
+            rows.append(aim(f"{kind} overload: p99 of admitted / unloaded p99", v, "<= 2", v is not None and v <= 2))
+        r = ph.get(f"d_retry_after_{kind}")
+        if r:
+            v = r["relative_error_median"]
+            rows.append(aim(f"{kind}: Retry-After vs the wait seen (median |R-W|/W)", v, "<= 0.5", v is not None and v <= 0.5))
+    two, one = ph.get("e_two_replicas"), ph.get("a_text")
+    if two and one:
+        v, cores = ratio(two["tokens_per_s"], one["tokens_per_s"]), two["cpu_s_per_s"]["cores"]
+        row = aim(f"two replicas / one (text tokens/s; {cores} cores)", v, ">= 1.6 given the cores", v >= 1.6)
+        if cores < 4:
+            row["met"], row["why"] = None, f"{cores} cores: each replica's model threads already use them all"
+        rows.append(row)
+    for free, torch_phase, unit in (("g_free_text", "a_text", "tokens_per_s"),
+                                    ("g_free_images_1", "c_images_1", "images_per_s")):
+        if ph.get(free) and ph.get(torch_phase):
+            v = ratio(ph[free][unit], ph[torch_phase][unit])
+            rows.append(aim(f"torch-free server of the export / torch server ({unit})", v, ">= 1", v is not None and v >= 1))
+    f = ph.get("e_failover")
+    if f:
+        rows.append(aim("one replica stopped mid-run: failed requests", f["failed"], "== 0", f["failed"] == 0))
     return rows
+
+
+def table(out: dict) -> str:
+    lines = [f"{'phase':<20}{'conns':>6}{'req/s':>8}{'tok|img/s':>10}{'% in-proc':>10}{'p50 ms':>9}{'p95 ms':>9}"
+             f"{'p99 ms':>9}  statuses            cpu-s/s server/nginx/wrk/bench/other"]
+    for name, r in out["phases"].items():
+        if "clients" not in r:
+            continue
+        kind = "text" if "tokens_per_s" in r else "image"
+        amount = r.get("tokens_per_s", r.get("images_per_s"))
+        share = ratio(amount, out["in_process"].get(kind, {}).get("tokens_per_s" if kind == "text" else "images_per_s"))
+        c = r["cpu_s_per_s"]
+        cpu = "/".join(f"{c.get(k, 0):.2f}" for k in ("server", "nginx", "load_generator", "benchmark_process", "other"))
+        st = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items())) + (f" err:{r['failed']}" if r["failed"] else "")
+        lines.append(f"{name:<20}{r['clients']:>6}{r['requests_per_s']:>8}{amount:>10}{'' if share is None else f'{share:.0%}':>10}"
+                     f"{str(r['p50_ms']):>9}{str(r['p95_ms']):>9}{str(r['p99_ms']):>9}  {st:<20}{cpu}")
+    for a in out["aims"]:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[a["met"]]
+        lines.append(f"  [{verdict}] {a['aim']}: {a['value']} (aim {a['target']})")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--out", default="/tmp/serve-bench", help="run directories and server logs")
-    p.add_argument("--image-run", default=None, help="reuse this image run directory instead of training one")
-    p.add_argument("--text-run", default=None, help="reuse this text run directory instead of training one")
+    p.add_argument("--out", default=str(Path(__file__).parent), help="writes OUT/serve_load-<machine>.json")
+    p.add_argument("--work", default="/tmp/serve-bench", help="run directories, logs, wrk's files")
+    p.add_argument("--image-run"), p.add_argument("--text-run")
     p.add_argument("--image-preset", default="mnist-dcgan")
     p.add_argument("--text-preset", default="shakespeare-char-gpt-small")
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--unloaded-clients", type=int, default=1)
     p.add_argument("--overload-factor", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=30, help="length of each load and overload phase")
-    p.add_argument("--soak-minutes", type=float, default=10)
+    p.add_argument("--seconds", type=float, default=25, help="length of each phase")
+    p.add_argument("--warmup-seconds", type=float, default=3)
     p.add_argument("--baseline-seconds", type=float, default=10, help="in-process timing per model")
+    p.add_argument("--probe-rounds", type=int, default=3, help="Retry-After honesty bursts per kind")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--images-per-request", type=int, default=1)
     p.add_argument("--prompt", default="ROMEO:\n")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=10)
-    p.add_argument("--max-queue", type=int, default=32, help="sized so that overload triggers 429s but the load does not")
+    p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch and the in-process batch")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for `genforge serve` (repeatable)")
-    p.add_argument("--ready-timeout", type=float, default=300)
-    p.add_argument("--no-backoff", action="store_true", help="rejected clients retry at once, ignoring Retry-After")
-    p.add_argument("--skip-max-batch-1", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke run: 5 s phases, 3 s baselines, 0.5-minute soak")
+    p.add_argument("--skip-replicas", action="store_true", help="leave out phase e")
+    p.add_argument("--text-export"), p.add_argument("--image-export")
+    p.add_argument("--free-python", help="a torch-free venv's python, for phase g (the exports' server)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4-s phases, 1-s warm-ups, 2-s baselines, 1 probe round")
     p.add_argument("--note", default="", help="for the reader, e.g. whether the box was otherwise idle")
-    p.add_argument("--json", default=None)
+    p.add_argument("--baseline-of", nargs=2, metavar=("KIND", "RUN"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.baseline_of:
+        print(json.dumps(baseline_here(*args.baseline_of, args)))
+        return
     if args.quick:
-        args.seconds, args.soak_minutes, args.baseline_seconds = 5, 0.5, 3
+        args.seconds, args.warmup_seconds, args.baseline_seconds, args.probe_rounds = 4, 1, 2, 1
+    T.wrk_binary()
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.json or Path(__file__).parent / f"serve_load-{cpu_kind()}.json")
-    settings = {k: v for k, v in vars(args).items() if k not in ("note", "json", "out")}
-    out = {"machine": cpu_kind(), "note": args.note, "settings": settings, "runs": {}, "in_process": {},
-           "servers": {}, "batching": {}, "load": {}, "overload": {}}
+    machine = cpu_kind()
+    settings = {k: v for k, v in vars(args).items() if k not in ("note", "out", "work", "baseline_of")}
+    settings["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
+    out = {"machine": machine, "cores": len(os.sched_getaffinity(0)), "note": args.note, "settings": settings,
+           "runs": {}, "in_process": {}, "servers": {}, "phases": {}}
+    path = Path(args.out) / f"serve_load-{machine}.json"
     try:
-        runs = out["runs"]
-        runs["image"] = prepare_run("image", args.image_preset, args.image_run, args)
-        runs["text"] = prepare_run("text", args.text_preset, args.text_run, args)
-        for kind in ("image", "text"):
-            out["in_process"][kind] = in_process(kind, runs[kind]["dir"], args)
-        with serving(runs, args, args.max_batch, args.max_queue, "main") as (base, proc, info):
-            out["servers"]["main"] = info
-            asyncio.run(main_server(base, proc, args, out))
-        if not args.skip_max_batch_1:
-            with serving(runs, args, 1, max(args.max_queue, 2 * args.clients), "max-batch-1") as (base, _, info):
-                out["servers"]["max_batch_1"] = info
-                asyncio.run(max_batch_1(base, args, out))
-    except BaseException as e:  # keep what was measured, beside the runs rather than over earlier results
+        run_all(args, out)
+    except BaseException as e:  # keep what was measured, beside the work files rather than over earlier results
         out["error"] = repr(e)
-        path = Path(args.out) / "serve_load-partial.json"
+        path = Path(args.work) / "serve_load-partial.json"
         raise
     finally:
         out["aims"] = aims(out, args)
         path.write_text(json.dumps(out, indent=2) + "\n")
-        log(phase="done", json=str(path), aims=out["aims"], **({"error": out["error"]} if "error" in out else {}))
+        print(table(out), f"\n-> {path}", flush=True)
 
 
 if __name__ == "__main__":
