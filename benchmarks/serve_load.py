@@ -66,6 +66,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import serve_load_tools as T  # noqa: E402
+from serve_load_report import aims, ratio, table  # noqa: E402
 from machine import cpu_kind  # noqa: E402
 
 PATH = {"text": "/v1/completions", "image": "/v1/images/generations"}
@@ -79,10 +80,6 @@ def log(**row) -> None:
 
 def ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
-
-
-def ratio(a, b) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
 
 
 # -- runs and the in-process ceiling -----------------------------------------------------------------------------
@@ -199,6 +196,21 @@ def measure(url: str, kind: str, clients: int, args, label: str, roots: dict, n:
     return row
 
 
+def measure_get(url: str, clients: int, args, label: str, roots: dict) -> dict:
+    """The HTTP ceiling: wrk's plain GET /healthz (no body, no model, no Lua) at the same concurrency, i.e. the most
+    requests per second this server stack answers on this box, whatever a route does."""
+    seconds = max(1, round(args.seconds / 2))
+    meter = T.CpuMeter(roots).start()
+    t = time.monotonic()
+    r = subprocess.run([T.wrk_binary(), "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{seconds}s",
+                        f"{url}/healthz"], capture_output=True, text=True, check=True)
+    rate = float(next(line.split()[1] for line in r.stdout.splitlines() if line.startswith("Requests/sec")))
+    row = {"clients": clients, "seconds": round(time.monotonic() - t, 1), "requests_per_s": rate,
+           "cpu_s_per_s": meter.stop(0.0)}
+    log(phase=label, **row)
+    return row
+
+
 async def probe_round(url: str, kind: str, burst: int, args) -> dict:
     """One burst on the idle server, then probes until one is admitted (see the docstring)."""
     b = body(kind, args)
@@ -294,6 +306,35 @@ def run_all(args, out: dict) -> None:
             o["p99_vs_p99_at_clients"] = ratio(o["p99_ms"], ph["a_text" if kind == "text" else "c_images_1"]["p99_ms"])
             time.sleep(2)  # let the backlog go
             ph[f"d_retry_after_{kind}"] = retry_after_honesty(url, kind, args)
+        ph["h_http_ceiling"] = measure_get(url, args.clients, args, "h_http_ceiling", one)
+        if args.workers > 1:  # the same server as W processes on one port (no GIL shared between the models)
+            multi, url5 = T.start_server(models, [*server_args, "--workers", str(args.workers)],
+                                         work / "server-workers.log")
+            try:
+                T.wait_ready(url5, multi, work / "server-workers.log")
+                own = {"server": [multi.pid]}
+                for kind, n in (("text", 1), ("image", 1)):
+                    measure(url5, kind, args.clients, args, f"warmup-workers-{kind}", own, n=n,
+                            seconds=args.warmup_seconds)
+                ph["w_text"] = measure(url5, "text", args.clients, args, "w_text", own)
+                ph["w_images_4"] = measure(url5, "image", args.clients, args, "w_images_4", own, n=4)
+                ph["w_images_1"] = measure(url5, "image", args.clients, args, "w_images_1", own, n=1)
+            finally:
+                T.stop_process(multi, signal.SIGTERM)
+        if args.before_src:  # the same load on an earlier version of the server, in the same run
+            old, url4 = T.start_server(models, ["--max-batch", str(args.max_batch)], work / "server-before.log",
+                                       src=args.before_src)
+            try:
+                T.wait_ready(url4, old, work / "server-before.log")
+                own = {"server": [old.pid]}
+                for kind, n in (("text", 1), ("image", 4), ("image", 1)):
+                    measure(url4, kind, args.clients, args, f"warmup-before-{kind}", own, n=n,
+                            seconds=args.warmup_seconds)
+                ph["z_before_text"] = measure(url4, "text", args.clients, args, "z_before_text", own)
+                ph["z_before_images_4"] = measure(url4, "image", args.clients, args, "z_before_images_4", own, n=4)
+                ph["z_before_images_1"] = measure(url4, "image", args.clients, args, "z_before_images_1", own, n=1)
+            finally:
+                T.stop_process(old, signal.SIGTERM)
         if args.free_python and args.text_export and args.image_export:
             free, url3 = T.start_server({"img": args.image_export, "txt": args.text_export}, server_args,
                                         work / "server-free.log", args.free_python)
@@ -333,66 +374,6 @@ def run_all(args, out: dict) -> None:
             T.stop_process(p, signal.SIGQUIT if p.args[0].endswith("nginx") else signal.SIGTERM)
 
 
-def aims(out: dict, args) -> list[dict]:
-    ph, ip = out["phases"], out["in_process"]
-
-    def aim(name, value, target, ok):
-        return {"aim": name, "value": value, "target": target, "met": None if value is None else bool(ok)}
-
-    rows = []
-    for key, kind, unit, goal in (("a_text", "text", "tokens_per_s", 0.7), ("b_images_4", "image", "images_per_s", 0.7),
-                                  ("c_images_1", "image", "images_per_s", 0.4)):
-        v = ratio(ph.get(key, {}).get(unit), ip.get(kind, {}).get(unit))
-        rows.append(aim(f"{key}: server {unit} / in-process batched", v, f">= {goal}", v is not None and v >= goal))
-    for kind in ("text", "image"):
-        o, u = ph.get(f"d_overload_{kind}"), ph.get(f"d_unloaded_{kind}")
-        if o:
-            fives = sum(n for s, n in o["statuses"].items() if s.startswith("5"))
-            rows.append(aim(f"{kind} overload: 5xx", fives, "== 0", fives == 0))
-            v = ratio(o["p99_ms"], u and u["p99_ms"])
-            rows.append(aim(f"{kind} overload: p99 of admitted / unloaded p99", v, "<= 2", v is not None and v <= 2))
-        r = ph.get(f"d_retry_after_{kind}")
-        if r:
-            v = r["relative_error_median"]
-            rows.append(aim(f"{kind}: Retry-After vs the wait seen (median |R-W|/W)", v, "<= 0.5", v is not None and v <= 0.5))
-    two, one = ph.get("e_two_replicas"), ph.get("a_text")
-    if two and one:
-        v, cores = ratio(two["tokens_per_s"], one["tokens_per_s"]), two["cpu_s_per_s"]["cores"]
-        row = aim(f"two replicas / one (text tokens/s; {cores} cores)", v, ">= 1.6 given the cores", v >= 1.6)
-        if cores < 4:
-            row["met"], row["why"] = None, f"{cores} cores: each replica's model threads already use them all"
-        rows.append(row)
-    for free, torch_phase, unit in (("g_free_text", "a_text", "tokens_per_s"),
-                                    ("g_free_images_1", "c_images_1", "images_per_s")):
-        if ph.get(free) and ph.get(torch_phase):
-            v = ratio(ph[free][unit], ph[torch_phase][unit])
-            rows.append(aim(f"torch-free server of the export / torch server ({unit})", v, ">= 1", v is not None and v >= 1))
-    f = ph.get("e_failover")
-    if f:
-        rows.append(aim("one replica stopped mid-run: failed requests", f["failed"], "== 0", f["failed"] == 0))
-    return rows
-
-
-def table(out: dict) -> str:
-    lines = [f"{'phase':<20}{'conns':>6}{'req/s':>8}{'tok|img/s':>10}{'% in-proc':>10}{'p50 ms':>9}{'p95 ms':>9}"
-             f"{'p99 ms':>9}  statuses            cpu-s/s server/nginx/wrk/bench/other"]
-    for name, r in out["phases"].items():
-        if "clients" not in r:
-            continue
-        kind = "text" if "tokens_per_s" in r else "image"
-        amount = r.get("tokens_per_s", r.get("images_per_s"))
-        share = ratio(amount, out["in_process"].get(kind, {}).get("tokens_per_s" if kind == "text" else "images_per_s"))
-        c = r["cpu_s_per_s"]
-        cpu = "/".join(f"{c.get(k, 0):.2f}" for k in ("server", "nginx", "load_generator", "benchmark_process", "other"))
-        st = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items())) + (f" err:{r['failed']}" if r["failed"] else "")
-        lines.append(f"{name:<20}{r['clients']:>6}{r['requests_per_s']:>8}{amount:>10}{'' if share is None else f'{share:.0%}':>10}"
-                     f"{str(r['p50_ms']):>9}{str(r['p95_ms']):>9}{str(r['p99_ms']):>9}  {st:<20}{cpu}")
-    for a in out["aims"]:
-        verdict = {True: "met", False: "MISSED", None: "n/a"}[a["met"]]
-        lines.append(f"  [{verdict}] {a['aim']}: {a['value']} (aim {a['target']})")
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data")
@@ -416,6 +397,8 @@ def main() -> None:
     p.add_argument("--skip-replicas", action="store_true", help="leave out phase e")
     p.add_argument("--text-export"), p.add_argument("--image-export")
     p.add_argument("--free-python", help="a torch-free venv's python, for phase g (the exports' server)")
+    p.add_argument("--workers", type=int, default=2, help="phase w: the server with --workers W (1: leave it out)")
+    p.add_argument("--before-src", help="src/ of an earlier checkout: its server under phases a-c's load (phase z)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4-s phases, 1-s warm-ups, 2-s baselines, 1 probe round")
     p.add_argument("--note", default="", help="for the reader, e.g. whether the box was otherwise idle")
     p.add_argument("--baseline-of", nargs=2, metavar=("KIND", "RUN"), help=argparse.SUPPRESS)

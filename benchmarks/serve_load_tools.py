@@ -183,13 +183,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: dict[str, str], args: list[str], log: Path, python: str | None = None
-                 ) -> tuple[subprocess.Popen, str]:
-    """`genforge serve` of `models` with `python` (default: this interpreter; a torch-free venv's for exports)."""
+def start_server(models: dict[str, str], args: list[str], log: Path, python: str | None = None,
+                 src: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`genforge serve` of `models` with `python` (default: this interpreter; a torch-free venv's for exports), or
+    with the genforge of another checkout's `src` (an earlier version, measured in the same run)."""
     port = free_port()
     cmd = [python or sys.executable, "-m", "genforge.cli", "serve", *(f"{k}={v}" for k, v in models.items()),
            "--host", "127.0.0.1", "--port", str(port), *args]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": src} if src else None
+    return (subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env),
+            f"http://127.0.0.1:{port}")
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> float:

@@ -56,6 +56,8 @@ def serve(
     workers: int = typer.Option(1, min=1, help="Processes on this port, each with its own copy of the models "
                                                "(replicas are stateless: any balancer can front several machines)."),
     precision: str = typer.Option("auto", help="Generation precision: auto (measured per model), no (fp32), bf16, fp16."),
+    threads: int = typer.Option(0, min=0, help="Intra-op threads of the torch models; 0: $OMP_NUM_THREADS, else one "
+                                               "per core but one (the event loop and the encoding need a core)."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
     mark_key: Optional[Path] = typer.Option(None, "--mark-key", help="Key file of the invisible marks on every image, text and audio clip (default: $GENFORGE_MARK_KEY_FILE or $GENFORGE_MARK_KEY)."),
     no_mark: bool = typer.Option(False, "--no-mark", help="Serve without the invisible marks even when a key is set."),
@@ -102,4 +104,4 @@ def serve(
                              mark=not no_mark, sign_cert=str(sign_cert) if sign_cert else None,
                              sign_key=str(sign_key) if sign_key else None)
     run_server(parse_models(runs), host=host, port=port, workers=workers, precision=precision, settings=settings,
-               api_key_file=str(api_key_file) if api_key_file else None, log_level=log_level)
+               api_key_file=str(api_key_file) if api_key_file else None, log_level=log_level, threads=threads)

@@ -9,7 +9,8 @@ cancelled request (client gone, timeout) leaves the queue.
 
 Admission: a request's work is its rows x network calls per row; the seconds per unit of work are measured on
 the batches run. A request whose estimated wait (the running batch's rest and the queued work ahead) exceeds the
-bound (`max_queue_wait_s`, or by default two full batches' time: one running, one forming) is refused at once
+bound (`max_queue_wait_s`, or by default two full batches' time: one running, one forming, and at least a
+quarter of a second) is refused at once
 (`QueueFull`, a 429 whose Retry-After is when the wait would be back under the bound), as is one beyond
 `max_queue` requests.
 """
@@ -21,6 +22,11 @@ import collections
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+
+# The default admission bound is never under this: a shorter wait costs less than a refusal and a retry (two HTTP
+# exchanges), and nobody notices it.
+MIN_BOUND_S = 0.25
 
 
 class QueueFull(Exception):
@@ -42,6 +48,9 @@ class Pending:
     key: Hashable
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     run_options: dict = field(default_factory=dict)  # passed to the model's run (equal for requests of one key)
+    stream: bool = True  # text: pieces as they come; False: the whole text in one event at the end
+    buffer: list | None = None  # text not streamed: each row's text so far
+    finished: list | None = None
     cancelled: bool = False
 
 
@@ -84,7 +93,7 @@ class Batcher:
         rest = max(0.0, start + est - asyncio.get_running_loop().time()) if est else 0.0
         ahead = sum(self.work(p) for p in self.waiting if not p.cancelled)
         per_row = self.work(pending) / pending.rows if pending is not None else 1
-        bound = self.max_queue_wait_s or 2 * self.max_batch * per_row * self.unit_s  # one forming, one running
+        bound = self.max_queue_wait_s or max(MIN_BOUND_S, 2 * self.max_batch * per_row * self.unit_s)  # 2 batches
         return rest + ahead * self.unit_s, bound
 
     def submit(self, pending: Pending) -> None:

@@ -11,8 +11,8 @@ order, so a request's text is the one `generate` gives for the same seed, whatev
 The loop runs on a thread of its own (torch and onnxruntime release the GIL while they compute); results reach
 the event loop as one callback per step. A request is admitted when its estimated wait (a simulation of the
 running rows and the queue, each row assumed to run to its max_tokens at the measured step time) is within the
-bound: `max_queue_wait_s`, or by default the request's own estimated running time, so an admitted request takes
-at most about twice as long as it would on an idle batch.
+bound: `max_queue_wait_s`, or by default the request's own estimated running time (and at least a quarter of a
+second), so an admitted request takes at most about twice as long as it would on a full batch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from genforge.serving.batching import Pending, QueueFull
+from genforge.serving.batching import MIN_BOUND_S, Pending, QueueFull
 from genforge.text_jobs import RowText, TextJob, prompt_ids
 
 
@@ -52,6 +52,7 @@ class TextScheduler:
         self.step_s = 0.0  # measured seconds per decode step of the running batch (EMA); 0 until measured
         self._remaining: list[int] = []  # tokens each running row may still take, for the wait estimate
         self._seq = 0
+        self._gauged = 0.0
         self.busy_seconds = 0.0
         unk = model.tokenizer.unk_id
         self._banned = [] if unk is None else [unk]
@@ -96,7 +97,7 @@ class TextScheduler:
         wait, run = self.estimate(pending)
         if live >= self.max_queue:
             raise QueueFull(self.name, live, wait)
-        bound = self.max_wait_s or run
+        bound = self.max_wait_s or max(MIN_BOUND_S, run)
         if wait > bound:  # retry when the queue has moved on by the difference
             raise QueueFull(self.name, live, wait - bound, wait)
         with self._lock:
@@ -105,6 +106,7 @@ class TextScheduler:
         self._wake.set()
 
     def _gauges(self) -> None:
+        self._gauged = time.perf_counter()
         if self.metrics is None:
             return
         with self._lock:
@@ -192,8 +194,16 @@ class TextScheduler:
                     if final:
                         entry[2].append(r.index)
             for p, got, finished in pieces.values():
-                events.append((p, ("pieces", ([got.get(i) for i in range(len(p.jobs))], finished))))
-                if finished and all(job.ended for job in p.jobs):
+                step = [got.get(i) for i in range(len(p.jobs))]
+                done = bool(finished) and all(job.ended for job in p.jobs)
+                if not p.stream:  # a whole answer: its text waits here, one event at the end (not one per step)
+                    p.buffer = [a + (b or "") for a, b in zip(p.buffer or [""] * len(step), step)]
+                    p.finished = [*(p.finished or []), *finished]
+                    if done:
+                        events.append((p, ("pieces", (p.buffer, p.finished))))
+                else:
+                    events.append((p, ("pieces", (step, finished))))
+                if done:
                     events.append((p, ("done", None)))
             if self.metrics is not None:
                 self.metrics.tokens.labels(self.name).inc(len(ids))
@@ -205,7 +215,8 @@ class TextScheduler:
             self.busy_seconds += dt
             self.step_s = dt if self.step_s == 0 else 0.9 * self.step_s + 0.1 * dt
         self._deliver(events)
-        self._gauges()
+        if time.perf_counter() - self._gauged > 0.05:  # a scrape every few seconds needs no fresher figures
+            self._gauges()
 
 
 def _put_all(events: list) -> None:

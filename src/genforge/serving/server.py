@@ -32,7 +32,20 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return out
 
 
-def load_models(spec: dict[str, str], precision: str = "auto") -> dict:
+def torch_threads(threads: int = 0) -> int:
+    """Intra-op threads for the models of a server: `threads`, else $OMP_NUM_THREADS, else one per core but one.
+    The model runs on a thread of its own while the event loop, the encoding pool and the clients' connections need
+    a core too; OpenMP's workers spin between the many small kernels of a decode step, so a model given every core
+    starves the loop, and the two then slow each other several-fold (measured: benchmarks/RESULTS.md, issue 29)."""
+    if threads > 0:
+        return threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def load_models(spec: dict[str, str], precision: str = "auto", threads: int = 0) -> dict:
     """{name: generator}; only genforge run directories (config.json + safetensors, never pickle) and
     `genforge export` directories (ONNX on onnxruntime) load. Exports alone need no torch."""
     from genforge.runtime import is_export, load as load_export
@@ -40,15 +53,19 @@ def load_models(spec: dict[str, str], precision: str = "auto") -> dict:
     def one(path: str):
         if is_export(path):
             return load_export(path)
+        import torch
+
         from genforge.artifacts import load  # torch: only for run directories
 
+        torch.set_num_threads(torch_threads(threads))  # before loading: `auto` precision is measured with them
         return load(path, precision=precision)
 
     return {name: one(path) for name, path in spec.items()}
 
 
 def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          precision: str = "auto", settings=None, api_key_file: str | None = None, log_level: str = "info") -> None:
+          precision: str = "auto", settings=None, api_key_file: str | None = None, log_level: str = "info",
+          threads: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, finish what is in flight, exit."""
     import uvicorn
 
@@ -63,11 +80,13 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(settings.timeout_s) + 5,
                   access_log=True)
     if workers <= 1:
-        app = create_app(load_models(models, precision), settings)
+        app = create_app(load_models(models, precision, threads), settings)
         uvicorn.run(app, **common)
         return
     from genforge.runtime import is_export
 
+    if threads <= 0:  # the cores but one, shared by the workers
+        threads = max(1, torch_threads() // workers)
     for path in models.values():  # fail here, once, rather than in every worker
         if not is_export(path):
             from genforge.artifacts import read_config  # torch: only for run directories
@@ -75,6 +94,7 @@ def serve(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000, wor
             read_config(path)
     # the keys stay in their file (or GENFORGE_API_KEYS): each worker reads them itself
     os.environ["GENFORGE_SERVE"] = json.dumps({"models": models, "precision": precision, "api_key_file": api_key_file,
+                                               "threads": threads,
                                                "settings": {**asdict(settings), "api_keys": []}})
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="genforge-metrics-")
@@ -89,7 +109,7 @@ def app_from_env():
 
     spec = json.loads(os.environ["GENFORGE_SERVE"])
     settings = ServeSettings(**{**spec["settings"], "api_keys": load_keys(spec.get("api_key_file"))})
-    return create_app(load_models(spec["models"], spec.get("precision", "auto")), settings)
+    return create_app(load_models(spec["models"], spec.get("precision", "auto"), spec.get("threads", 0)), settings)
 
 
 def _is_video(path: str) -> bool:

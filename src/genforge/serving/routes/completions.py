@@ -63,7 +63,7 @@ def router(server: Server) -> APIRouter:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if music and req.stop is None:
             stop = [PIECE_END]  # a blank line ends a piece
-        pending = Pending(jobs=[], rows=len(prompts) * req.n, key="text")
+        pending = Pending(jobs=[], rows=len(prompts) * req.n, key="text", stream=bool(req.stream))
         pending.jobs = gen.jobs([prompt for prompt in prompts for _ in range(req.n)], req.max_tokens, req.temperature,
                                 req.top_k, None if req.top_p >= 1.0 else req.top_p, seed, stop,
                                 mark=req.mark and not music)
