@@ -18,7 +18,7 @@ from genforge.errors import UserError
 from genforge.export import export
 from genforge.runtime import load as load_export
 from genforge.training import train, validate
-from tiny import tiny_config, tiny_lm_config
+from tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,19 +214,6 @@ def test_export_refuses_what_it_cannot_do(exported):
 
 
 # -- language models ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def text_exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("text-export")
-    out = {}
-    for arch, model in (("gpt", {}), ("lstm", {"architecture": "lstm", "n_layer": 2, "hidden": 32}),
-                        ("gru", {"architecture": "gru", "n_layer": 1, "hidden": 32})):
-        cfg = tiny_lm_config(max_steps=20, eval_every=None).model_dump()
-        cfg["model"].update(model)
-        run = train(validate(cfg), base / arch, progress=False).run_dir
-        out[arch] = (run, export(run, base / f"{arch}-export"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def music_exported(tmp_path_factory):
     """A tiny ABC model whose tunes are valid (test_music_presets.py) and its export."""

@@ -8,21 +8,6 @@ import torch
 from genforge.export import export
 from genforge.runtime import load as load_export
 from genforge.text_jobs import joined
-from genforge.training import train, validate
-from tiny import tiny_lm_config
-
-
-@pytest.fixture(scope="module")
-def text_exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("text-engine")
-    out = {}
-    for arch, model in (("gpt", {}), ("lstm", {"architecture": "lstm", "n_layer": 2, "hidden": 32}),
-                        ("gru", {"architecture": "gru", "n_layer": 1, "hidden": 32})):
-        cfg = tiny_lm_config(max_steps=20, eval_every=None).model_dump()
-        cfg["model"].update(model)
-        run = train(validate(cfg), base / arch, progress=False).run_dir
-        out[arch] = (run, export(run, base / f"{arch}-export"))
-    return out
 
 
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])
