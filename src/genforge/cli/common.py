@@ -9,17 +9,19 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from genforge.errors import UserError
 
 app = typer.Typer(
     help="genforge: train, sample and inspect generative models (GANs, VAEs, diffusion, language models, speech, video).",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # Markdown, not Rich markup, which would swallow the [serve] of pip install 'genforge[serve]'
 )
-data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(data_app, name="data")
 evaluator_app = typer.Typer(help="Evaluator networks (classifiers trained on real data) used by `genforge eval`.",
-                            no_args_is_help=True)
+                            no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(evaluator_app, name="evaluator")
 out = Console()
 err = Console(stderr=True)
@@ -46,7 +48,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
