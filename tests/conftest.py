@@ -24,3 +24,10 @@ def text_exported(tmp_path_factory):
         run = train(validate(cfg), base / arch, progress=False).run_dir
         out[arch] = (run, export(run, base / f"{arch}-export"))
     return out
+
+
+@pytest.fixture
+def no_shipped_evaluators(tmp_path_factory, monkeypatch):
+    """As if genforge shipped no evaluator weights: the path every dataset without shipped weights takes (trained
+    on first use, or an error naming the command that trains it)."""
+    monkeypatch.setattr("genforge.evaluation.stored.SHIPPED", tmp_path_factory.mktemp("no-shipped"))

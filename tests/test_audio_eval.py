@@ -150,7 +150,7 @@ def test_training_repeats_exactly_with_its_seed(fsdd, tmp_path):
     assert runs[0].config["weights_sha256"] != runs[2].config["weights_sha256"]
 
 
-def test_damaged_missing_or_unknown_evaluators_are_user_errors(ev, tmp_path):
+def test_damaged_missing_or_unknown_evaluators_are_user_errors(ev, tmp_path, no_shipped_evaluators):
     copy = tmp_path / "evaluators"
     shutil.copytree(ev.directory, copy / ev.directory.name)
     weights = copy / ev.directory.name / "model.safetensors"
@@ -163,7 +163,7 @@ def test_damaged_missing_or_unknown_evaluators_are_user_errors(ev, tmp_path):
         load_audio_evaluator("speech-commands", SHARED_DATA, root=tmp_path)
 
 
-def test_first_use_trains_the_evaluator_with_a_notice(monkeypatch, tmp_path, capsys):
+def test_first_use_trains_the_evaluator_with_a_notice(monkeypatch, tmp_path, capsys, no_shipped_evaluators):
     monkeypatch.setitem(audio_classifier.AUDIO_RECIPES, "fsdd", dataclasses.replace(TINY, epochs=0.03))
     ev = load_audio_evaluator("fsdd", SHARED_DATA, root=tmp_path, device="cpu")
     assert "training it now" in capsys.readouterr().err

@@ -123,7 +123,7 @@ def test_evaluator_artifact_is_safetensors_and_reloads_identically(ev, shared_da
         torch.testing.assert_close(ev.extract(images)[1], net(x), atol=1e-4, rtol=1e-4)
 
 
-def test_damaged_evaluator_or_bad_arguments_are_user_errors(ev, shared_data, tmp_path, mnist):
+def test_damaged_evaluator_or_bad_arguments_are_user_errors(ev, shared_data, tmp_path, mnist, no_shipped_evaluators):
     root = tmp_path / "evaluators"
     shutil.copytree(ev.directory, root / ev.directory.name)
     weights = root / ev.directory.name / "model.safetensors"

@@ -139,7 +139,8 @@ def test_the_cache_is_reused_not_retrained(ev, root, monkeypatch):
     assert same.id == ev.id and same.config["training"]["steps"] == 300
 
 
-def test_first_use_trains_with_a_notice_and_training_repeats_with_its_seed(tmp_path, monkeypatch, capsys):
+def test_first_use_trains_with_a_notice_and_training_repeats_with_its_seed(tmp_path, monkeypatch, capsys,
+                                                                            no_shipped_evaluators):
     small = dataclasses.replace(TINY, train_clips=200, test_clips=20, epochs=0.2)
     monkeypatch.setattr(video_evaluator, "VIDEO_RECIPE", small)
     a = load_video_evaluator(OPTS, SHARED_DATA, root=tmp_path / "a", device="cpu")

@@ -1,6 +1,6 @@
 """genforge: train, sample, evaluate and serve generative models."""
 
-__version__ = "0.1.0"
+from genforge.version import __version__
 
 
 def load(run_dir, device=None, select=None, precision="auto"):

@@ -162,7 +162,7 @@ class Marking:
     def record(self, seed: int | None = None, marked: bool | None = None, **parameters) -> Record:
         """The provenance of outputs generated now with `seed` and `parameters`; `marked`: whether the mark was
         applied (default: whether a key is set)."""
-        from genforge import __version__
+        from genforge.version import __version__
 
         key = self.mark_key
         applied = key is not None if marked is None else marked

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from genforge.data.registry import cache_dir  # the one rule for genforge's cache folder
+from genforge.cache import cache_dir  # the one rule for genforge's cache folder
 from genforge.errors import UserError
 
 #: the settings a user may write; "no" is fp32

@@ -13,13 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genforge.cache import CACHE_ENV, cache_dir  # noqa: F401  (re-exported: data.music, jpeg_archive and older imports)
 from genforge.errors import UserError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 DATA_ENV = "GENFORGE_DATA"
-CACHE_ENV = "GENFORGE_CACHE"
 MIRROR_ENV_PREFIX = "GENFORGE_MIRROR_"
 DEFAULT_DATA_DIR = Path("~/.cache/genforge/data")
 FOLDER_PREFIX = "folder:"
@@ -262,15 +262,6 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         raise UserError(f"The data folder {path} is a file, not a folder. "
                         f"Fix: pass a folder (or set ${DATA_ENV} to one), e.g. {DEFAULT_DATA_DIR}.")
     return path
-
-
-def cache_dir() -> Path:
-    """genforge's cache folder (decoded datasets, precision verdicts): $GENFORGE_CACHE, else
-    $XDG_CACHE_HOME/genforge, else ~/.cache/genforge. Here, in the leaf data layer, so every user shares it."""
-    if os.environ.get(CACHE_ENV, "").strip():
-        return Path(os.environ[CACHE_ENV].strip()).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
-    return Path(base).expanduser() / "genforge"
 
 
 def dataset_root(spec: DatasetSpec, data_dir: Path) -> Path:

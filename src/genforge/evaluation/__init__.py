@@ -45,7 +45,8 @@ FSDD (`genforge evaluator train fsdd`, or on first use), beside the same numbers
                                           # [conditional_accuracy], classes_hit, class_entropy,
                                           # speaker_entropy, speakers_hit, memorization
 
-See audio_classifier.py (the network, its front end and training) and audio_metrics.py (the metrics, the floor).
+See audio_classifier_net.py (the network and its front end), audio_classifier.py (loading and training) and
+audio_metrics.py (the metrics, the floor).
 
 Video (Moving MNIST): a frame CNN genforge trains on real clips (digit identity and position), and from it
 Fréchet distances per frame and per clip, identity consistency, label accuracy and motion physics, each beside

@@ -188,7 +188,7 @@ def training_index(texts: list[str], kind: str = "abc", n_notes: int = 16,
     the index a few MB, and every evaluation against the same corpus needs the same one."""
     import music21
 
-    from genforge.data.registry import cache_dir
+    from genforge.cache import cache_dir
 
     h = hashlib.sha256(f"{INDEX_VERSION} {music21.__version__} {kind} {n_notes} {voices}\n".encode())
     for t in texts:

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from genforge.errors import UserError
-from genforge.evaluation.stored import read_evaluator
+from genforge.evaluation.stored import read_evaluator, use_shipped
 from genforge.evaluation.evaluator import (_LUMA, CONFIG_FILE, ROOT_ENV, VERSION, WEIGHTS_FILE, _conv_bn_relu,
                                            _fold_batchnorm, default_device, evaluators_root, progress_bar)
 from genforge.files import sha256_file
@@ -287,12 +287,12 @@ def load_video_evaluator(opts: dict, data_dir: str | Path | None = None, *, root
     data_dir = resolve_data_dir(data_dir)
     directory = evaluators_root(data_dir, root) / video_evaluator_name(opts)
     dev = default_device(device)
-    if not (directory / WEIGHTS_FILE).exists():
+    if not (directory / WEIGHTS_FILE).exists() and not use_shipped(directory):
         _, size, digits = geometry(opts)
         cmd = f"genforge evaluator train moving-mnist --size {size}" + (f" --digits {digits}" if digits != 1 else "")
         if not train_if_missing:
             raise UserError(f"No {directory.name} evaluator in {directory.parent}. Fix: run `{cmd}`.")
-        print(f"No {directory.name} evaluator in {directory.parent} yet: training it now, once (a few minutes on "
+        print(f"No {directory.name} evaluator in {directory.parent} and genforge ships none for it: training it now, once (a few minutes on "
               f"one CPU core; `{cmd}` does this ahead).", file=sys.stderr, flush=True)
         return train_video_evaluator(opts, data_dir, root=root, device=dev, progress=progress)
     return _open(directory, data_dir, dev)

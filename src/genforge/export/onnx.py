@@ -47,7 +47,8 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                         "'genforge[export]'.") from None
     import torch
 
-    from genforge import __version__, load
+    from genforge import load
+    from genforge.version import __version__
     from genforge.files import sha256_file
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and other chatter

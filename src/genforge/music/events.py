@@ -297,7 +297,7 @@ def chorale_documents(report: dict | None = None, names: list[str] | None = None
     import music21
     from music21 import corpus
 
-    from genforge.data.registry import cache_dir
+    from genforge.cache import cache_dir
 
     path = cache_dir() / "music" / f"bach-chorales-events-m21-{music21.__version__}-codec{CODEC_VERSION}.json"
     if names is None and path.is_file():
