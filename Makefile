@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (set up + quick start) and `make test` (set up + tests).
+# Two entry points for a fresh machine: `make demo` (set up + quick start) and `make test` (set up + tests + docs).
 # Each creates .venv and installs the pinned CPU torch before anything else, so pip never pulls CUDA wheels.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED_DATA := $(abspath ../shared/data)
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test docs clean
 
 setup: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,docs]"
 	touch $@
 
 # Quick start: train the `quickstart` preset on the bundled MNIST subset, then sample a grid.
@@ -29,6 +29,12 @@ demo: setup
 
 test: setup
 	GENFORGE_SHARED_DATA=$(SHARED_DATA) $(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+# The documentation site (mkdocs.yml; docs/hooks.py generates the reference pages from the code) into site/.
+# --strict: a broken link, a missing page or a stale API name is an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,4 +1,4 @@
-"""Two `genforge serve` replicas behind Debian's nginx, running deploy/nginx/genforge.conf as docs/serving.md
+"""Two `genforge serve` replicas behind Debian's nginx, running deploy/nginx/genforge.conf as docs/guides/serving.md
 shows it (only its three port numbers changed to free ones): requests spread over both replicas, and a
 replica stopped mid-run (SIGTERM: it stops accepting, finishes what it holds, exits) costs no request."""
 
@@ -211,6 +211,6 @@ def test_a_replica_stopped_mid_run_costs_no_request(cluster):
 
 
 def test_the_docs_show_the_configuration_that_runs():
-    text = (ROOT / "docs" / "serving.md").read_text()
+    text = (ROOT / "docs" / "guides" / "serving.md").read_text()
     blocks = re.findall(r"^```nginx\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
-    assert CONF.read_text() in blocks, "docs/serving.md must show deploy/nginx/genforge.conf verbatim in an ```nginx block"
+    assert CONF.read_text() in blocks, "docs/guides/serving.md must show deploy/nginx/genforge.conf verbatim in an ```nginx block"
