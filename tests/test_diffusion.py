@@ -282,6 +282,9 @@ def test_cli_sample_and_eval_take_the_sampler_options(runs, tmp_path):
     r = CliRunner().invoke(app, ["sample", str(runs[0]), "--interpolate", "1", "2", "--walk-steps", "3",
                                  "--out", str(tmp_path / "walk.png")])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["sample", str(runs[0]), "--interpolate", "1", "2", "--steps", "5",
+                                 "--out", str(tmp_path / "walk2.png")])  # was a TypeError (steps passed twice)
+    assert r.exit_code == 2 and "--walk-steps" in r.output, r.output
 
 
 @pytest.mark.parametrize("preset", ["mnist-ddpm", "mnist-cddpm", "cifar10-ddpm-cpu", "cifar10-ddpm"])

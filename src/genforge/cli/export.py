@@ -13,7 +13,7 @@ from genforge.cli.common import app, out, user_errors
 @app.command("export")
 @user_errors
 def export_run(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train` (an image model: gan, vae, diffusion)."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `genforge train`: images, text, speech, video or music."),
     out_dir: Path = typer.Option(..., "--out", help="The export directory to write (one graph file per network and "
                                                     "export.json), or a path ending in .zip to write all of it as one file."),
     fmt: str = typer.Option("onnx", "--format", help="onnx, or ort: onnxruntime's format for its mobile and minimal builds."),
@@ -27,10 +27,11 @@ def export_run(
 ) -> None:
     """Export a trained model to ONNX for the torch-free runtime (`genforge sample EXPORT_DIR`, genforge.runtime).
 
-    The graphs hold the network only (GAN generator; VAE decoder and encoder; diffusion UNet), with a dynamic
-    batch dimension; sampling (noise, labels, the diffusion sampler loop) runs in the runtime, in numpy.
-    export.json holds the family, image shape, classes, sampling options with the run's defaults, provenance
-    and each file's SHA-256. Needs the export extra: pip install 'genforge[export]'."""
+    The graphs hold the networks only (GAN generator; VAE decoder and encoder; diffusion UNet; a language model's
+    prefill and decode steps with its KV cache; a WaveNet's step with its queues), with dynamic batch dimensions;
+    sampling (noise, labels, the diffusion sampler loop, token sampling, Griffin-Lim) runs in the runtime, in numpy.
+    export.json holds the family, data shape, classes or tokenizer, sampling options with the run's defaults,
+    provenance and each file's SHA-256. Needs the export extra: pip install 'genforge[export]'."""
     from genforge.export import export
     from genforge.runtime import load as load_export
 

@@ -197,6 +197,10 @@ def sample(
         raise UserError("--drop-copies, --min-confidence and --resize apply to sampling from a run directory "
                         f"(not to {'--interpolate' if interpolate else 'an export, which runs without torch'}).")
     if interpolate:
+        unused = sorted(k for k in image_opts if k in ("sampler", "steps", "eta"))
+        if unused:  # a walk decodes each latent with the model's deterministic default sampler
+            raise UserError(f"--interpolate decodes with the model's own sampler; drop "
+                            f"{', '.join('--' + k for k in unused)} (--walk-steps sets the number of images).")
         images = model.interpolate(*(_walk_end(model, e) for e in interpolate), steps=walk_steps, labels=label, **image_opts)
         nrow = nrow or len(images)
     elif filters.active:
