@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.errors import UserError
 from genforge.files import atomic_write_text, save_tensors
 from genforge.generators import AudioGenerator, ImageGenerator, TextGenerator, VideoGenerator

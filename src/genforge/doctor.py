@@ -14,7 +14,7 @@ from importlib import metadata
 
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 
 # distribution name -> what genforge uses it for
 OPTIONAL = {

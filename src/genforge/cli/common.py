@@ -108,7 +108,7 @@ def load_model(run_dir: Path, select: str | None = None, precision: str = "auto"
         from genforge.runtime import load as load_export
 
         return load_export(run_dir)
-    from genforge import load
+    from genforge.artifacts import load
 
     return load(run_dir, select=select, precision=precision)
 

@@ -242,7 +242,7 @@ class _Edit:
 
     def model_size(self):
         """The input as the model saw it (its size and colour mode), for the before/after picture."""
-        from genforge import edits
+        import genforge.edits as edits
 
         h, w, c = self.model.image_shape
         with warnings.catch_warnings():
@@ -251,7 +251,7 @@ class _Edit:
 
     def low_res_input(self):
         """An upscale's input as the model saw it: at its low resolution (a full-size image area-downsampled)."""
-        from genforge import edits
+        import genforge.edits as edits
 
         h, w, c = self.model.image_shape
         side = self.model.low_res
@@ -293,7 +293,7 @@ def _read_input(path: Path):
 
 
 def _model_mask(mask, image_shape):
-    from genforge import edits
+    import genforge.edits as edits
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

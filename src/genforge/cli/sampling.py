@@ -90,7 +90,7 @@ def sample(
                             "export (fp32 on onnxruntime, its weights chosen at export time).")
         model = load_export(run_dir)
     else:
-        from genforge import load
+        from genforge.artifacts import load
 
         model = load(run_dir, select=select, precision=precision)
     model.use_mark_key(False if no_mark else mark_key)
@@ -287,7 +287,7 @@ def reconstruct(
     """Encode images and decode them again: shows what the model keeps of each image, input beside output."""
     import numpy as np
 
-    from genforge import load
+    from genforge.artifacts import load
     from genforge.data.folder import read_images
     from genforge.media import encode, save_grid
     from genforge.media.images import FORMATS, _write

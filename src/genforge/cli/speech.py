@@ -90,7 +90,7 @@ def speak(
 
         model = load_export(run_dir)
     else:
-        from genforge import load
+        from genforge.artifacts import load
 
         model = load(run_dir)
     if model.modality != "audio":

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge import edits
+import genforge.edits as edits
 from genforge.errors import UserError
 from genforge.evaluation import edit_metrics as em
 from genforge.evaluation.evaluator import default_device, evaluator_domain, load_evaluator, progress_bar

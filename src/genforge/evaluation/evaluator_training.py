@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.data import Augment, augment_batch, load_image_dataset, resolve_data_dir, to_model_range
 from genforge.errors import UserError
 from genforge.evaluation.evaluator_cache import (CONFIG_FILE, ROOT_ENV, VERSION, WEIGHTS_FILE, Evaluator, _open,

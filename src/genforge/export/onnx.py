@@ -47,7 +47,7 @@ def export(run_dir: str | Path, out_dir: str | Path, opset: int = DEFAULT_OPSET,
                         "'genforge[export]'.") from None
     import torch
 
-    from genforge import load
+    from genforge.artifacts import load
     from genforge.version import __version__
     from genforge.files import sha256_file
 
@@ -247,7 +247,7 @@ def _export_graph_in_child(run_dir: str, select, name: str, path: str, opset: in
 
 
 def _child(run_dir: str, select, name: str, path: str, opset: int) -> None:
-    from genforge import load
+    from genforge.artifacts import load
     from genforge.artifacts import read_config
     from genforge.methods import get_method
 

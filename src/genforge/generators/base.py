@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.marking import Marking
 
 WEIGHTS_FILE = "model.safetensors"

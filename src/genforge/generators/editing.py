@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genforge import edits
+import genforge.edits as edits
 from genforge.errors import UserError
 from genforge.labels import label_indices
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.data import from_model_range
 from genforge.errors import UserError
 from genforge.generators.base import WEIGHTS_FILE, _Generator

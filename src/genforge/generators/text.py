@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.errors import UserError
 from genforge.generators.base import WEIGHTS_FILE, _Generator
 from genforge.text_jobs import TextJob, joined, run_jobs

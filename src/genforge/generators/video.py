@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.errors import UserError
 from genforge.generators.base import WEIGHTS_FILE
 from genforge.generators.images import ImageGenerator

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge import edits
+import genforge.edits as edits
 from genforge.errors import UserError
 from genforge.labels import label_indices
 from genforge.marking import ExportedMarking

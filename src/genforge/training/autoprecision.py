@@ -13,7 +13,7 @@ from types import MethodType
 
 import torch
 
-from genforge import precision as prec
+import genforge.precision as prec
 from genforge.precision import Verdict
 
 

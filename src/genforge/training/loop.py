@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 
-from genforge import artifacts
+import genforge.artifacts as artifacts
 from genforge.errors import UserError
 from genforge.methods import get_method
 from genforge.precision import Verdict

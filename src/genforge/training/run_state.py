@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from genforge import artifacts
+import genforge.artifacts as artifacts
 from genforge.methods.base import Method, TrainingData
 from genforge.precision import Verdict
 from genforge.training import checkpoint as ckpt
