@@ -31,3 +31,16 @@ def no_shipped_evaluators(tmp_path_factory, monkeypatch):
     """As if genforge shipped no evaluator weights: the path every dataset without shipped weights takes (trained
     on first use, or an error naming the command that trains it)."""
     monkeypatch.setattr("genforge.evaluation.stored.SHIPPED", tmp_path_factory.mktemp("no-shipped"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): extra threads only
+    add synchronisation, and on a busy shared machine OpenMP workers waiting on each other slow every op by an order
+    of magnitude."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

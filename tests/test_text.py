@@ -23,14 +23,7 @@ CONTROL = "a\r\n\tb  \n\n"
 CORPUS = (ASCII * 20) + (NON_ASCII * 5) + CONTROL
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: extra threads only add synchronisation, and on a busy shared machine
-    OpenMP workers waiting on each other slow every op by an order of magnitude."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 # ---------------------------------------------------------------- tokenizers

@@ -22,14 +22,7 @@ from genforge.models.rnn_lm import RNNLM, RNNConfig
 from genforge.models.sampling import generate, generate_ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: extra threads only add synchronisation, and on a busy shared machine
-    OpenMP workers waiting on each other slow every op by an order of magnitude."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 # ---------------------------------------------------------------- models and generation
